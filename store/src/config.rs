@@ -1,0 +1,569 @@
+//! `keel-store`'s configuration: etcd's own flags and `ETCD_*` environment variables.
+//!
+//! Flags parse into [`EtcdFlags`] (clap reads the environment for each flag), then
+//! [`EtcdFlags::validate`] turns them into typed [`Settings`]. An etcd flag that Keel
+//! does not implement yet is still recognised, so the operator gets an error that says
+//! so instead of "unknown argument"; an `ETCD_*` variable that names no flag is an error
+//! too, never silently ignored. Go-style single-dash long flags (`-name x`) are accepted
+//! as etcd accepts them (see [`normalize_go_flags`]).
+
+use crate::engine::DEFAULT_SNAPSHOT_COUNT;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1_572_864;
+/// etcd's default client URL.
+pub const DEFAULT_CLIENT_URL: &str = "http://localhost:2379";
+/// etcd's default peer URL.
+pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
+
+/// Configuration errors; each names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+    #[error("--{flag} is an etcd flag that keel-store does not support yet ({why})")]
+    Unsupported {
+        flag: &'static str,
+        why: &'static str,
+    },
+    #[error("environment variable {name} does not name any etcd flag keel-store knows")]
+    UnknownEnv { name: String },
+}
+
+/// etcd's member and clustering flags that keel-store serves today, plus the ones it
+/// recognises but refuses until the feature lands.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "etcd flags")]
+pub struct EtcdFlags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.etcd].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Path to a dedicated WAL directory [default: ${data-dir}/member/wal].
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
+    pub listen_client_urls: String,
+    /// Client URLs advertised to the cluster and clients (comma-separated).
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic (recorded; peers arrive with clustering).
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = DEFAULT_PEER_URL)]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = DEFAULT_PEER_URL)]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (`name=peerURL,...`).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state (`new` or `existing`).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token; part of the member and cluster ids.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Number of committed transactions that trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = DEFAULT_SNAPSHOT_COUNT)]
+    pub snapshot_count: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: u64,
+    /// Time (ms) of a heartbeat interval (validated; used once Raft lands).
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (ms) for an election to time out (validated; used once Raft lands).
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Accept etcd v2 API requests (keel-store always serves v2; accepted for etcd compatibility).
+    #[arg(long, env = "ETCD_ENABLE_V2", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub enable_v2: Option<bool>,
+    /// Comma-separated origins for CORS (`*` is what keel-store sends).
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Logger (`zap` or `capnslog`); keel-store logs through tracing either way.
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+    /// Log outputs (`default`, `stderr`, `stdout`).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+
+    // Recognised etcd flags that are not supported yet.
+    #[arg(long, env = "ETCD_CERT_FILE", hide = true)]
+    pub cert_file: Option<String>,
+    #[arg(long, env = "ETCD_KEY_FILE", hide = true)]
+    pub key_file: Option<String>,
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE", hide = true)]
+    pub trusted_ca_file: Option<String>,
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<String>,
+    #[arg(long, env = "ETCD_AUTO_TLS", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub auto_tls: Option<String>,
+    #[arg(long, env = "ETCD_PEER_CERT_FILE", hide = true)]
+    pub peer_cert_file: Option<String>,
+    #[arg(long, env = "ETCD_PEER_KEY_FILE", hide = true)]
+    pub peer_key_file: Option<String>,
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", hide = true)]
+    pub peer_trusted_ca_file: Option<String>,
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<String>,
+    #[arg(long, env = "ETCD_DISCOVERY", hide = true)]
+    pub discovery: Option<String>,
+    #[arg(long, env = "ETCD_DISCOVERY_SRV", hide = true)]
+    pub discovery_srv: Option<String>,
+    #[arg(long, env = "ETCD_PROXY", hide = true)]
+    pub proxy: Option<String>,
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub force_new_cluster: Option<String>,
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", hide = true)]
+    pub auto_compaction_retention: Option<String>,
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", hide = true)]
+    pub quota_backend_bytes: Option<String>,
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", hide = true)]
+    pub listen_metrics_urls: Option<String>,
+}
+
+/// Every `ETCD_*` variable a flag above reads, plus etcd's own non-flag variables.
+const KNOWN_ENV: &[&str] = &[
+    "ETCD_NAME",
+    "ETCD_DATA_DIR",
+    "ETCD_WAL_DIR",
+    "ETCD_LISTEN_CLIENT_URLS",
+    "ETCD_ADVERTISE_CLIENT_URLS",
+    "ETCD_LISTEN_PEER_URLS",
+    "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+    "ETCD_INITIAL_CLUSTER",
+    "ETCD_INITIAL_CLUSTER_STATE",
+    "ETCD_INITIAL_CLUSTER_TOKEN",
+    "ETCD_SNAPSHOT_COUNT",
+    "ETCD_MAX_REQUEST_BYTES",
+    "ETCD_HEARTBEAT_INTERVAL",
+    "ETCD_ELECTION_TIMEOUT",
+    "ETCD_ENABLE_V2",
+    "ETCD_CORS",
+    "ETCD_LOG_LEVEL",
+    "ETCD_LOGGER",
+    "ETCD_LOG_OUTPUTS",
+    "ETCD_CERT_FILE",
+    "ETCD_KEY_FILE",
+    "ETCD_TRUSTED_CA_FILE",
+    "ETCD_CLIENT_CERT_AUTH",
+    "ETCD_AUTO_TLS",
+    "ETCD_PEER_CERT_FILE",
+    "ETCD_PEER_KEY_FILE",
+    "ETCD_PEER_TRUSTED_CA_FILE",
+    "ETCD_PEER_CLIENT_CERT_AUTH",
+    "ETCD_DISCOVERY",
+    "ETCD_DISCOVERY_SRV",
+    "ETCD_PROXY",
+    "ETCD_FORCE_NEW_CLUSTER",
+    "ETCD_AUTO_COMPACTION_RETENTION",
+    "ETCD_QUOTA_BACKEND_BYTES",
+    "ETCD_LISTEN_METRICS_URLS",
+    "ETCD_UNSUPPORTED_ARCH",
+];
+
+/// Validated settings for the server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub wal_dir: Option<PathBuf>,
+    pub listen_client: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+    pub cluster_token: String,
+    pub snapshot_count: u64,
+    pub max_request_bytes: u64,
+    pub log_level: String,
+}
+
+impl EtcdFlags {
+    /// Check the flags and produce settings; `env` is the process environment (passed
+    /// in so tests need not touch global state).
+    pub fn validate<I>(&self, env: I) -> Result<Settings, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        for (name, _) in env {
+            if name.starts_with("ETCD_") && !KNOWN_ENV.contains(&name.as_str()) {
+                return Err(ConfigError::UnknownEnv { name });
+            }
+        }
+        let unsupported: [(&'static str, bool, &'static str); 17] = [
+            (
+                "cert-file",
+                self.cert_file.is_some(),
+                "client TLS arrives with the v3 API",
+            ),
+            (
+                "key-file",
+                self.key_file.is_some(),
+                "client TLS arrives with the v3 API",
+            ),
+            (
+                "trusted-ca-file",
+                self.trusted_ca_file.is_some(),
+                "client TLS arrives with the v3 API",
+            ),
+            (
+                "client-cert-auth",
+                self.client_cert_auth.is_some(),
+                "client TLS arrives with the v3 API",
+            ),
+            (
+                "auto-tls",
+                self.auto_tls.is_some(),
+                "client TLS arrives with the v3 API",
+            ),
+            (
+                "peer-cert-file",
+                self.peer_cert_file.is_some(),
+                "peers arrive with clustering",
+            ),
+            (
+                "peer-key-file",
+                self.peer_key_file.is_some(),
+                "peers arrive with clustering",
+            ),
+            (
+                "peer-trusted-ca-file",
+                self.peer_trusted_ca_file.is_some(),
+                "peers arrive with clustering",
+            ),
+            (
+                "peer-client-cert-auth",
+                self.peer_client_cert_auth.is_some(),
+                "peers arrive with clustering",
+            ),
+            (
+                "discovery",
+                self.discovery.is_some(),
+                "discovery arrives with clustering",
+            ),
+            (
+                "discovery-srv",
+                self.discovery_srv.is_some(),
+                "discovery arrives with clustering",
+            ),
+            ("proxy", self.proxy.is_some(), "proxy mode is not planned"),
+            (
+                "force-new-cluster",
+                self.force_new_cluster.is_some(),
+                "arrives with clustering",
+            ),
+            (
+                "auto-compaction-retention",
+                self.auto_compaction_retention.is_some(),
+                "v3 MVCC compaction arrives with the v3 API",
+            ),
+            (
+                "quota-backend-bytes",
+                self.quota_backend_bytes.is_some(),
+                "the v3 backend arrives with the v3 API",
+            ),
+            (
+                "listen-metrics-urls",
+                self.listen_metrics_urls.is_some(),
+                "metrics are not served yet",
+            ),
+            (
+                "enable-v2",
+                self.enable_v2 == Some(false),
+                "the v2 API is always on in this release",
+            ),
+        ];
+        if let Some((flag, _, why)) = unsupported.iter().find(|(_, set, _)| *set) {
+            return Err(ConfigError::Unsupported { flag, why });
+        }
+        if self.name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        let listen_client = parse_listen_urls("listen-client-urls", &self.listen_client_urls)?;
+        let advertise_client_urls =
+            parse_urls("advertise-client-urls", &self.advertise_client_urls)?;
+        let peer_urls = parse_urls(
+            "initial-advertise-peer-urls",
+            &self.initial_advertise_peer_urls,
+        )?;
+        parse_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
+            return Err(invalid(
+                "initial-cluster-state",
+                format!(
+                    "must be new or existing, not {:?}",
+                    self.initial_cluster_state
+                ),
+            ));
+        }
+        if self.initial_cluster_state == "existing" {
+            return Err(ConfigError::Unsupported {
+                flag: "initial-cluster-state",
+                why: "joining an existing cluster arrives with clustering",
+            });
+        }
+        if let Some(ic) = &self.initial_cluster {
+            let members = parse_initial_cluster(ic)?;
+            if members.len() > 1 {
+                return Err(ConfigError::Unsupported {
+                    flag: "initial-cluster",
+                    why: "multi-member clusters arrive with clustering; give only this member",
+                });
+            }
+            if let Some((name, urls)) = members.first() {
+                if name != &self.name {
+                    return Err(invalid(
+                        "initial-cluster",
+                        format!(
+                            "does not name this member {:?} (it names {name:?})",
+                            self.name
+                        ),
+                    ));
+                }
+                let mut a = urls.clone();
+                let mut b = peer_urls.clone();
+                a.sort();
+                b.sort();
+                if a != b {
+                    return Err(invalid(
+                        "initial-cluster",
+                        format!(
+                            "peer URLs {urls:?} of {name:?} differ from --initial-advertise-peer-urls {peer_urls:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.snapshot_count == 0 {
+            return Err(invalid("snapshot-count", "must be at least 1"));
+        }
+        if self.max_request_bytes == 0 {
+            return Err(invalid("max-request-bytes", "must be at least 1"));
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(invalid(
+                "election-timeout",
+                "must be at least 5 times --heartbeat-interval, as etcd requires",
+            ));
+        }
+        if !matches!(
+            self.log_level.as_str(),
+            "debug" | "info" | "warn" | "error" | "panic" | "fatal"
+        ) {
+            return Err(invalid(
+                "log-level",
+                format!("unknown level {:?}", self.log_level),
+            ));
+        }
+        if !matches!(self.logger.as_str(), "zap" | "capnslog") {
+            return Err(invalid(
+                "logger",
+                format!("unknown logger {:?} (zap or capnslog)", self.logger),
+            ));
+        }
+        Ok(Settings {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            wal_dir: self.wal_dir.clone(),
+            listen_client,
+            advertise_client_urls,
+            peer_urls,
+            cluster_token: self.initial_cluster_token.clone(),
+            snapshot_count: self.snapshot_count,
+            max_request_bytes: self.max_request_bytes,
+            log_level: self.log_level.clone(),
+        })
+    }
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// `http://host:port` URLs, comma-separated; https is refused until TLS lands.
+fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let rest = if let Some(rest) = raw.strip_prefix("http://") {
+            rest
+        } else if raw.starts_with("https://") || raw.starts_with("unixs://") {
+            return Err(ConfigError::Unsupported {
+                flag,
+                why: "TLS URLs arrive with client TLS",
+            });
+        } else {
+            return Err(invalid(
+                flag,
+                format!("URL scheme must be http (got {raw:?})"),
+            ));
+        };
+        let hostport = rest.trim_end_matches('/');
+        if hostport.contains('/')
+            || hostport
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return Err(invalid(
+                flag,
+                format!("{raw:?} is not of the form http://host:port"),
+            ));
+        }
+        out.push(raw.trim_end_matches('/').to_string());
+    }
+    if out.is_empty() {
+        return Err(invalid(flag, "needs at least one URL"));
+    }
+    Ok(out)
+}
+
+fn parse_listen_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut addrs = Vec::new();
+    for url in parse_urls(flag, list)? {
+        let hostport = &url["http://".len()..];
+        let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "2379"));
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(flag, format!("bad port in {url:?}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = match host {
+            "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+            "" => std::net::IpAddr::from([0, 0, 0, 0]),
+            h => h.parse().map_err(|_| {
+                invalid(
+                    flag,
+                    format!("{url:?}: listen URLs need an IP address (or localhost), as in etcd"),
+                )
+            })?,
+        };
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    Ok(addrs)
+}
+
+fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("initial-cluster", format!("{part:?} is not name=URL")))?;
+        let url = parse_urls("initial-cluster", url)?.remove(0);
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url),
+            None => members.push((name.to_string(), vec![url])),
+        }
+    }
+    Ok(members)
+}
+
+/// Go's flag package accepts `-flag` as well as `--flag`; rewrite single-dash long
+/// flags so clap sees `--flag`. Short flags (`-h`) and values are left alone.
+pub fn normalize_go_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let is_go_long = i > 0
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && a.as_bytes()[1].is_ascii_alphabetic();
+            if is_go_long { format!("-{a}") } else { a }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        f: EtcdFlags,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let argv = normalize_go_flags(
+            std::iter::once("keel-store".to_string()).chain(args.iter().map(|s| s.to_string())),
+        );
+        let t = T::try_parse_from(argv).map_err(|e| e.to_string())?;
+        t.f.validate(Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(s.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(s.snapshot_count, 100_000);
+        assert_eq!(s.max_request_bytes, 1_572_864);
+    }
+
+    #[test]
+    fn go_style_flags() {
+        let s = parse(&[
+            "-name",
+            "n1",
+            "-data-dir=/tmp/x",
+            "--listen-client-urls",
+            "http://127.0.0.1:1234",
+        ])
+        .unwrap();
+        assert_eq!(s.name, "n1");
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.listen_client, vec!["127.0.0.1:1234".parse().unwrap()]);
+    }
+
+    #[test]
+    fn clear_errors() {
+        assert!(
+            parse(&["--no-such-flag"])
+                .unwrap_err()
+                .contains("--no-such-flag")
+        );
+        assert!(
+            parse(&["--cert-file", "x"])
+                .unwrap_err()
+                .contains("does not support yet")
+        );
+        assert!(
+            parse(&["--snapshot-count", "abc"])
+                .unwrap_err()
+                .contains("snapshot-count")
+        );
+        assert!(
+            parse(&["--listen-client-urls", "http://example.com:1"])
+                .unwrap_err()
+                .contains("IP address")
+        );
+        let two = "default=http://localhost:2380,b=http://localhost:2381";
+        assert!(
+            parse(&["--initial-cluster", two])
+                .unwrap_err()
+                .contains("multi-member")
+        );
+        let e = T::try_parse_from(["x"])
+            .unwrap()
+            .f
+            .validate(vec![("ETCD_BOGUS".to_string(), "1".to_string())]);
+        assert!(e.unwrap_err().to_string().contains("ETCD_BOGUS"));
+    }
+}

@@ -1,0 +1,159 @@
+//! The client-facing HTTP server: etcd's v2 keys API (`keys`), the member, machine and
+//! stats endpoints, `/version` and `/health` (`info`), all on one listener, HTTP/1.1 with
+//! Go-style title-case header names. Every response carries etcd's CORS headers; paths
+//! that are not clean are redirected as Go's `ServeMux` does.
+
+mod form;
+mod info;
+mod keys;
+
+use crate::cluster::Cluster;
+use crate::engine::Engine;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub use form::{Form, FormError};
+
+/// Shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub cluster: Arc<Cluster>,
+    /// Largest v2 value accepted (etcd's `--max-request-bytes`).
+    pub max_request_bytes: u64,
+}
+
+/// The whole client API as one router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(keys::routes())
+        .merge(info::routes())
+        .fallback(|| async { text_error(StatusCode::NOT_FOUND, "404 page not found") })
+        .layer(axum::middleware::map_response(add_cors))
+        .layer(axum::middleware::map_request(redirect_unclean))
+        .with_state(state)
+}
+
+/// Add etcd's CORS headers and order all headers by name, as Go's server writes them.
+async fn add_cors(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    let mut all = Vec::new();
+    let mut last = None;
+    for (k, v) in h.drain() {
+        if let Some(k) = k {
+            last = Some(k);
+        }
+        if let Some(k) = &last {
+            all.push((k.clone(), v));
+        }
+    }
+    all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (k, v) in all {
+        h.append(k, v);
+    }
+    resp
+}
+
+/// Go's `ServeMux` answers a request for an unclean path (`//`, `.`, `..`) with a 301 to
+/// the clean one; etcd's handlers sit behind it.
+async fn redirect_unclean(req: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+    let raw = req.uri().path();
+    let Ok(decoded) = form::unescape_path(raw) else {
+        return Err(text_error(StatusCode::BAD_REQUEST, "400 Bad Request"));
+    };
+    let clean = clean_path(&decoded);
+    if clean == decoded || req.method() == axum::http::Method::CONNECT {
+        return Ok(req);
+    }
+    let mut location = clean;
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut b = Response::builder()
+        .status(StatusCode::MOVED_PERMANENTLY)
+        .header(header::LOCATION, location.as_str());
+    let body = if req.method() == axum::http::Method::GET {
+        b = b.header(header::CONTENT_TYPE, "text/html; charset=utf-8");
+        format!(
+            "<a href=\"{}\">Moved Permanently</a>.\n\n",
+            html_escape(&location)
+        )
+    } else {
+        String::new()
+    };
+    Err(b.body(Body::from(body)).unwrap_or_default())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
+/// Go's `cleanPath`: `path.Clean`, keeping a trailing slash.
+fn clean_path(p: &str) -> String {
+    let mut np = crate::v2::path::clean(p);
+    if p.ends_with('/') && np != "/" {
+        np.push('/');
+    }
+    np
+}
+
+/// A plain-text error as Go's `http.Error` writes it.
+pub(crate) fn text_error(status: StatusCode, msg: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-content-type-options", "nosniff")
+        .body(Body::from(format!("{msg}\n")))
+        .unwrap_or_default()
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves. Connections use HTTP/1.1 with
+/// title-case header names, as Go's server writes them.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .title_case_headers(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+pub use keys::now_nanos;

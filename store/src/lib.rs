@@ -1,0 +1,23 @@
+//! # keel-store
+//!
+//! Keel's bundled etcd-compatible key-value store. It speaks etcd's flags and v2 keys
+//! API so that `etcdctl`, `curl` scripts and existing clients work unchanged.
+//!
+//! Data flow: [`http`] parses a request; reads go straight to the state machine
+//! ([`v2::V2Store`]) under a read lock; writes become a [`engine::command::Command`]
+//! that the [`engine`] appends to the write-ahead log ([`wal`]), fsyncs (batched with
+//! whatever else is queued), applies in log order, and only then answers. Snapshots of
+//! the state bound the log and the restart time.
+//!
+//! Limitations of this release: a single member (no Raft yet: the engine's log and
+//! state machine are laid out for it); no v3 gRPC API, TLS or auth yet; v2 watchers of
+//! clients that vanished are dropped at the next event on their key, not at once.
+
+pub mod cluster;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod json;
+pub mod server;
+pub mod v2;
+pub mod wal;

@@ -1,0 +1,130 @@
+//! Running a member: recover the engine, bind the client listeners, expire TTLs, serve
+//! until shutdown, then let the log writer finish.
+
+use crate::cluster::Cluster;
+use crate::config::Settings;
+use crate::engine::command::Command;
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::http::{self, AppState};
+use crate::wal::WalOptions;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// How often the member checks for expired v2 keys (etcd's 500 ms SYNC ticker).
+pub const TTL_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Errors that stop a member.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot recover the store from {dir}: {source}")]
+    Recover {
+        dir: std::path::PathBuf,
+        #[source]
+        source: EngineError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the recovery task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Open the engine for `settings`.
+pub async fn open_engine(settings: &Settings) -> Result<Engine, ServerError> {
+    let mut opts = EngineOptions::new(&settings.data_dir);
+    opts.snapshot_count = settings.snapshot_count;
+    opts.wal = WalOptions::default();
+    opts.wal_dir = settings.wal_dir.clone();
+    let dir = settings.data_dir.clone();
+    let started = Instant::now();
+    let (engine, recovery) = tokio::task::spawn_blocking(move || Engine::open(opts))
+        .await?
+        .map_err(|source| ServerError::Recover { dir, source })?;
+    tracing::info!(
+        data_dir = %settings.data_dir.display(),
+        snapshot_index = recovery.snapshot_index,
+        replayed = recovery.replayed_entries,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store recovered"
+    );
+    Ok(engine)
+}
+
+/// Serve a member until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let engine = open_engine(&settings).await?;
+    let mut listeners = Vec::new();
+    for addr in &settings.listen_client {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        tracing::info!(%addr, "serving client requests");
+        listeners.push(l);
+    }
+    let cluster = Cluster::single(
+        &settings.name,
+        settings.peer_urls.clone(),
+        settings.advertise_client_urls.clone(),
+        &settings.cluster_token,
+    );
+    tracing::info!(member_id = %format!("{:x}", cluster.local.id), cluster_id = %format!("{:x}", cluster.id), "member ready");
+    let state = AppState {
+        engine: engine.clone(),
+        cluster: Arc::new(cluster),
+        max_request_bytes: settings.max_request_bytes,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let router = http::router(state.clone());
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            http::serve(l, router, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        }));
+    }
+    let ttl_engine = engine.clone();
+    let mut rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = expire_keys(ttl_engine) => {}
+            _ = rx.wait_for(|s| *s) => {}
+        }
+    }));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    Ok(())
+}
+
+/// Propose a `Sync` whenever some v2 key has expired (etcd proposes SYNC every 500 ms).
+pub async fn expire_keys(engine: Engine) {
+    let mut tick = tokio::time::interval(TTL_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = http::now_nanos();
+        let due = engine.read().v2.next_expiry().is_some_and(|at| at <= now);
+        if due && let Err(e) = engine.propose(Command::Sync { now }).await {
+            tracing::warn!(error = %e, "cannot expire keys");
+        }
+    }
+}

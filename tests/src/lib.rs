@@ -1,0 +1,13 @@
+//! Test helpers for Keel: a harness that runs etcd and keel-store side by
+//! side on free loopback ports, a raw HTTP client, response normalisation and
+//! an etcdctl runner. Used by the conformance suites in `tests/`.
+
+pub mod ctl;
+pub mod http;
+pub mod norm;
+pub mod pair;
+pub mod server;
+
+pub use http::{Req, Resp};
+pub use pair::{BodyMode, Cmp, Pair, PairWatch, Side};
+pub use server::{Flavor, Server, keel_side_flavor};

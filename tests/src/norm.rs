@@ -1,0 +1,372 @@
+//! Normalisation of responses so that two servers' answers to the same
+//! request sequence compare equal when they agree on everything but
+//! incidental values (absolute indexes, ports, ids, times).
+//!
+//! Index values are expressed relative to each server's *base*: the
+//! `X-Etcd-Index` observed before the scenario's first write. Relative
+//! indexes are rendered as strings `"#+N"`; the literal `0` (used by etcd for
+//! parameter errors) is kept as the number `0`.
+
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Per-server normalisation context.
+#[derive(Debug, Clone)]
+pub struct NormCtx {
+    /// `X-Etcd-Index` before the first write of the scenario.
+    pub base: u64,
+    pub client_url: String,
+    pub peer_url: String,
+    /// Exact strings to replace by `<id>` (member id, cluster id).
+    pub ids: Vec<String>,
+}
+
+/// Per-request normalisation options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Opts {
+    /// Directory listings were not requested sorted: compare `nodes` as sets.
+    pub unordered: bool,
+    /// The request carried `prevIndex` (numbers in a 101 cause are indexes).
+    pub prev_index: bool,
+    /// The request carried `prevValue`.
+    pub prev_value: bool,
+}
+
+impl NormCtx {
+    /// Render an index relative to the base.
+    pub fn idx(&self, n: u64) -> Value {
+        if n == 0 {
+            Value::from(0)
+        } else {
+            Value::String(self.idx_str(n))
+        }
+    }
+    pub fn idx_str(&self, n: u64) -> String {
+        if n == 0 {
+            return "0".into();
+        }
+        let d = n as i128 - self.base as i128;
+        format!("#{d:+}")
+    }
+
+    /// Replace URLs and ids inside a free-form string.
+    pub fn text(&self, s: &str) -> String {
+        let mut s = s
+            .replace(&self.client_url, "<client-url>")
+            .replace(&self.peer_url, "<peer-url>");
+        let cport = self.client_url.rsplit(':').next().unwrap_or("").to_string();
+        let pport = self.peer_url.rsplit(':').next().unwrap_or("").to_string();
+        if !cport.is_empty() {
+            s = s.replace(&format!("127.0.0.1:{cport}"), "<client-addr>");
+        }
+        if !pport.is_empty() {
+            s = s.replace(&format!("127.0.0.1:{pport}"), "<peer-addr>");
+        }
+        for id in &self.ids {
+            if !id.is_empty() {
+                s = replace_token(&s, id, "<id>");
+            }
+        }
+        s
+    }
+
+    /// A key: numeric in-order components (20 digits) become relative indexes.
+    pub fn key(&self, k: &str) -> String {
+        let parts: Vec<String> = k
+            .split('/')
+            .map(|c| {
+                if c.len() == 20 && c.bytes().all(|b| b.is_ascii_digit()) {
+                    match c.parse::<u64>() {
+                        Ok(n) => format!("{{{}}}", self.idx_str(n)),
+                        Err(_) => c.to_string(),
+                    }
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        self.text(&parts.join("/"))
+    }
+
+    /// Normalise the numbers inside `[a != b]` / `[a/b]` brackets. `which`
+    /// selects brackets by position (None = all).
+    pub fn cause_brackets(&self, cause: &str, which: Option<usize>) -> String {
+        let mut out = String::new();
+        let mut rest = cause;
+        let mut n = 0usize;
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find(']') else {
+                break;
+            };
+            let inner = &rest[open + 1..open + close];
+            let selected = which.is_none_or(|w| w == n);
+            if selected {
+                out.push('[');
+                out.push_str(&self.numbers_in(inner));
+                out.push(']');
+            } else {
+                out.push_str(&rest[open..=open + close]);
+            }
+            rest = &rest[open + close + 1..];
+            n += 1;
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Replace every run of decimal digits by its relative index.
+    pub fn numbers_in(&self, s: &str) -> String {
+        let mut out = String::new();
+        let mut digits = String::new();
+        let flush = |digits: &mut String, out: &mut String| {
+            if !digits.is_empty() {
+                match digits.parse::<u64>() {
+                    Ok(n) => out.push_str(&self.idx_str(n)),
+                    Err(_) => out.push_str(digits),
+                }
+                digits.clear();
+            }
+        };
+        for ch in s.chars() {
+            if ch.is_ascii_digit() {
+                digits.push(ch);
+            } else {
+                flush(&mut digits, &mut out);
+                out.push(ch);
+            }
+        }
+        flush(&mut digits, &mut out);
+        out
+    }
+}
+
+/// Replace `needle` where it is not part of a longer alphanumeric token.
+pub fn replace_token(s: &str, needle: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    let b = s.as_bytes();
+    while i < s.len() {
+        if s[i..].starts_with(needle) {
+            let before_ok = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+            let j = i + needle.len();
+            let after_ok = j >= s.len() || !b[j].is_ascii_alphanumeric();
+            if before_ok && after_ok {
+                out.push_str(with);
+                i = j;
+                continue;
+            }
+        }
+        let ch = s[i..].chars().next().expect("char");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// etcd's id format: lowercase hex, no leading zeros, non-empty.
+pub fn is_hex_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && !s.starts_with('0')
+}
+
+/// Normalise a JSON value returned by a v2 endpoint. Problems that are not
+/// differences between servers (a bad `expiration`, a malformed id) are
+/// pushed to `issues`. `now` is when the response was received.
+pub fn normalize_json(
+    v: &Value,
+    ctx: &NormCtx,
+    opts: &Opts,
+    now: SystemTime,
+    issues: &mut Vec<String>,
+) -> Value {
+    match v {
+        Value::Object(m) => normalize_object(m, ctx, opts, now, issues),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| normalize_json(x, ctx, opts, now, issues))
+                .collect(),
+        ),
+        Value::String(s) => Value::String(ctx.text(s)),
+        other => other.clone(),
+    }
+}
+
+fn normalize_object(
+    m: &Map<String, Value>,
+    ctx: &NormCtx,
+    opts: &Opts,
+    now: SystemTime,
+    issues: &mut Vec<String>,
+) -> Value {
+    let error_code = m.get("errorCode").and_then(Value::as_u64);
+    let is_member = m.contains_key("peerURLs");
+    let mut out = Map::new();
+    for (k, val) in m {
+        let nv = match (k.as_str(), val) {
+            ("createdIndex" | "modifiedIndex" | "index", Value::Number(n))
+                if n.as_u64().is_some() =>
+            {
+                ctx.idx(n.as_u64().expect("u64"))
+            }
+            ("key", Value::String(s)) => Value::String(ctx.key(s)),
+            ("expiration", Value::String(s)) => {
+                check_expiration(s, m.get("ttl"), now, issues);
+                Value::String("<expiration>".into())
+            }
+            ("cause", Value::String(s)) => {
+                let c = match error_code {
+                    Some(401) => ctx.cause_brackets(s, None),
+                    Some(101) if opts.prev_index && opts.prev_value => {
+                        ctx.cause_brackets(s, Some(1))
+                    }
+                    Some(101) if opts.prev_index => ctx.cause_brackets(s, Some(0)),
+                    _ => s.clone(),
+                };
+                Value::String(ctx.text(&c))
+            }
+            ("id", Value::String(s)) if is_member => {
+                if !is_hex_id(s) {
+                    issues.push(format!(
+                        "member id {s:?} is not lowercase hex without leading zeros"
+                    ));
+                }
+                Value::String("<id>".into())
+            }
+            ("nodes", Value::Array(a)) => {
+                let mut items: Vec<Value> = a
+                    .iter()
+                    .map(|x| normalize_json(x, ctx, opts, now, issues))
+                    .collect();
+                if opts.unordered {
+                    items.sort_by_key(|x| {
+                        x.get("key")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                            .unwrap_or_default()
+                    });
+                }
+                Value::Array(items)
+            }
+            _ => normalize_json(val, ctx, opts, now, issues),
+        };
+        out.insert(k.clone(), nv);
+    }
+    Value::Object(out)
+}
+
+/// `expiration` must be RFC 3339 in UTC (`Z`) and lie near now + ttl.
+fn check_expiration(s: &str, ttl: Option<&Value>, now: SystemTime, issues: &mut Vec<String>) {
+    let parsed = match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => t,
+        Err(e) => {
+            issues.push(format!("expiration {s:?} is not RFC 3339: {e}"));
+            return;
+        }
+    };
+    if !s.ends_with('Z') {
+        issues.push(format!("expiration {s:?} is not in UTC (`Z`)"));
+    }
+    let now = OffsetDateTime::from(now);
+    let delta = (parsed - now).as_seconds_f64();
+    match ttl.and_then(Value::as_i64) {
+        Some(ttl) => {
+            // ttl = ceil(expiration - now): expect expiration - now in (ttl-1, ttl].
+            let ttl = ttl as f64;
+            if delta < ttl - 2.5 || delta > ttl + 1.5 {
+                issues.push(format!(
+                    "expiration {s:?} is {delta:.3}s from now, but ttl is {ttl} (expected expiration ≈ now + ttl)"
+                ));
+            }
+        }
+        None => {
+            // No ttl (e.g. an expired node in an `expire` event): must be near now.
+            if !(-30.0..=3600.0).contains(&delta) {
+                issues.push(format!(
+                    "expiration {s:?} is {delta:.3}s from now (no ttl field)"
+                ));
+            }
+        }
+    }
+}
+
+/// Recursive JSON difference; `ttl` numbers may differ by 1.
+pub fn diff_json(path: &str, e: &Value, k: &Value, out: &mut Vec<String>) {
+    match (e, k) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, av) in a {
+                let p = format!("{path}.{key}");
+                match b.get(key) {
+                    None => out.push(format!("{p}: etcd has {}, keel lacks it", short(av))),
+                    Some(bv) => {
+                        if key == "ttl"
+                            && let (Some(x), Some(y)) = (av.as_i64(), bv.as_i64())
+                        {
+                            if (x - y).abs() > 1 {
+                                out.push(format!(
+                                    "{p}: etcd {x}, keel {y} (differ by more than 1)"
+                                ));
+                            }
+                            continue;
+                        }
+                        diff_json(&p, av, bv, out);
+                    }
+                }
+            }
+            for (key, bv) in b {
+                if !a.contains_key(key) {
+                    out.push(format!(
+                        "{path}.{key}: keel has {}, etcd lacks it",
+                        short(bv)
+                    ));
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if a.len() != b.len() {
+                out.push(format!(
+                    "{path}: etcd has {} elements, keel has {}: etcd {} | keel {}",
+                    a.len(),
+                    b.len(),
+                    short(e),
+                    short(k)
+                ));
+                return;
+            }
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_json(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        _ => {
+            if e != k {
+                out.push(format!("{path}: etcd {} != keel {}", short(e), short(k)));
+            }
+        }
+    }
+}
+
+fn short(v: &Value) -> String {
+    crate::http::abbreviate(&v.to_string(), 300)
+}
+
+/// Shape-only description of a JSON value: object key sets and value types.
+pub fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), shape(x))).collect()),
+        Value::Array(a) => match a.first() {
+            Some(x) => Value::Array(vec![shape(x)]),
+            None => Value::Array(vec![]),
+        },
+        Value::String(_) => Value::String("<string>".into()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Value::String("<integer>".into()),
+        Value::Number(_) => Value::String("<number>".into()),
+        Value::Bool(_) => Value::String("<bool>".into()),
+        Value::Null => Value::Null,
+    }
+}
