@@ -19,13 +19,13 @@ pub const TTL_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Errors that stop a member.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot recover the store from {dir}: {source}")]
+    #[error("cannot recover the store from {dir}")]
     Recover {
         dir: std::path::PathBuf,
         #[source]
         source: EngineError,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]

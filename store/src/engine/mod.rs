@@ -49,7 +49,7 @@ pub enum EngineError {
     Failed(String),
     #[error(transparent)]
     Wal(#[from] WalError),
-    #[error("cannot decode log entry {index} in {dir}: {source}")]
+    #[error("cannot decode log entry {index} in {dir}")]
     DecodeEntry {
         index: u64,
         dir: PathBuf,
@@ -62,7 +62,7 @@ pub enum EngineError {
         dir: PathBuf,
         reason: String,
     },
-    #[error("cannot start the WAL writer thread: {0}")]
+    #[error("cannot start a store thread")]
     Thread(#[source] std::io::Error),
 }
 

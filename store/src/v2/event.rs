@@ -59,10 +59,10 @@ pub struct Event {
     #[serde(rename = "prevNode", skip_serializing_if = "Option::is_none", default)]
     pub prev_node: Option<NodeExtern>,
     /// Store index after the operation (the `X-Etcd-Index` header); not in the body.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, default)]
     pub etcd_index: u64,
     /// A TTL refresh: kept in history for index continuity, never sent to watchers.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, default)]
     pub refresh: bool,
 }
 
