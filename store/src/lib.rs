@@ -10,8 +10,7 @@
 //! the state bound the log and the restart time.
 //!
 //! Limitations of this release: a single member (no Raft yet: the engine's log and
-//! state machine are laid out for it); no v3 gRPC API, TLS or auth yet; v2 watchers of
-//! clients that vanished are dropped at the next event on their key, not at once.
+//! state machine are laid out for it); no v3 gRPC API, TLS or auth yet.
 
 pub mod cluster;
 pub mod config;

@@ -37,6 +37,7 @@ pub struct NodeExtern {
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_expiration",
+        deserialize_with = "de_expiration",
         default
     )]
     pub expiration: Option<i64>,
@@ -117,6 +118,16 @@ fn ser_expiration<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Erro
         Some(nanos) => s.serialize_str(&crate::json::rfc3339_nano(*nanos)),
         None => s.serialize_none(),
     }
+}
+
+fn de_expiration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| {
+        time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp_nanos() as i64)
+            .map_err(serde::de::Error::custom)
+    })
+    .transpose()
 }
 
 #[cfg(test)]

@@ -810,3 +810,194 @@ fn collect_ttl(n: &Node, path: &str, out: &mut Vec<(i64, String)>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: i64 = 1_800_000_000 * NANOS_PER_SEC;
+
+    fn json(e: &Event) -> String {
+        String::from_utf8(crate::json::to_vec(e)).unwrap()
+    }
+
+    #[test]
+    fn set_resets_created_index_and_update_keeps_it() {
+        let mut s = V2Store::new();
+        s.set("/a", false, "1", Ttl::default(), NOW).unwrap();
+        let e = s.set("/a", false, "2", Ttl::default(), NOW).unwrap();
+        assert_eq!((e.index(), e.node.as_ref().unwrap().created_index), (2, 2));
+        let e = s.update("/a", "3", Ttl::default(), NOW).unwrap();
+        assert_eq!((e.index(), e.node.as_ref().unwrap().created_index), (3, 2));
+    }
+
+    #[test]
+    fn directory_update_keeps_modified_index() {
+        let mut s = V2Store::new();
+        let ttl = Ttl {
+            expire_at: Some(NOW + 30 * NANOS_PER_SEC),
+            refresh: false,
+        };
+        s.set("/d", true, "", ttl, NOW).unwrap();
+        let e = s
+            .update(
+                "/d",
+                "",
+                Ttl {
+                    expire_at: Some(NOW + 60 * NANOS_PER_SEC),
+                    refresh: false,
+                },
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(e.index(), 2);
+        assert_eq!(e.node.as_ref().unwrap().ttl, 60);
+        let listed = s.get("/", false, NOW).unwrap();
+        assert_eq!(listed.node.unwrap().nodes[0].modified_index, 1);
+    }
+
+    #[test]
+    fn errors_name_the_right_path() {
+        let mut s = V2Store::new();
+        s.set("/f", false, "x", Ttl::default(), NOW).unwrap();
+        let e = s.get("/missing/deep", false, NOW).unwrap_err();
+        assert_eq!((e.error_code, e.cause.as_str()), (100, "/missing"));
+        let e = s
+            .set("/f/child", false, "x", Ttl::default(), NOW)
+            .unwrap_err();
+        assert_eq!((e.error_code, e.cause.as_str(), e.index), (104, "/f", 1));
+        let e = s.delete("/", true, true, NOW).unwrap_err();
+        assert_eq!((e.error_code, e.cause.as_str()), (107, "/"));
+        let e = s
+            .compare_and_swap("/f", "y", 7, "z", Ttl::default(), NOW)
+            .unwrap_err();
+        assert_eq!(e.cause, "[y != x] [7 != 1]");
+    }
+
+    #[test]
+    fn expiry_removes_subtree_and_emits_expire() {
+        let mut s = V2Store::new();
+        let ttl = Ttl {
+            expire_at: Some(NOW + NANOS_PER_SEC),
+            refresh: false,
+        };
+        s.set("/t", true, "", ttl, NOW).unwrap();
+        s.set(
+            "/t/k",
+            false,
+            "v",
+            Ttl {
+                expire_at: Some(NOW + 5 * NANOS_PER_SEC),
+                refresh: false,
+            },
+            NOW,
+        )
+        .unwrap();
+        assert!(s.delete_expired(NOW).is_empty());
+        let events = s.delete_expired(NOW + NANOS_PER_SEC);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            json(&events[0]),
+            r#"{"action":"expire","node":{"key":"/t","dir":true,"modifiedIndex":3,"createdIndex":1},"prevNode":{"key":"/t","dir":true,"expiration":"2027-01-15T08:00:01Z","modifiedIndex":1,"createdIndex":1}}"#
+        );
+        assert_eq!(s.ttl_key_count(), 0, "the child's TTL went with it");
+        assert!(s.delete_expired(NOW + 10 * NANOS_PER_SEC).is_empty());
+    }
+
+    #[tokio::test]
+    async fn parent_delete_reaches_child_watchers_and_stream_sees_delete_twice() {
+        let mut s = V2Store::new();
+        s.set("/w/sub/k", false, "x", Ttl::default(), NOW).unwrap();
+        s.set("/s", false, "1", Ttl::default(), NOW).unwrap();
+        let mut child = s.watch("/w/sub/k", false, false, 0).unwrap();
+        let mut stream = s.watch("/s", false, true, 0).unwrap();
+        s.delete("/w", false, true, NOW).unwrap();
+        s.delete("/s", false, false, NOW).unwrap();
+        let e = child.events.recv().await.unwrap();
+        assert_eq!((e.action, e.key()), (Action::Delete, "/w"));
+        assert_eq!(stream.events.recv().await.unwrap().index(), 4);
+        assert_eq!(stream.events.recv().await.unwrap().index(), 4);
+    }
+
+    #[test]
+    fn hidden_keys_are_left_out_of_listings() {
+        let mut s = V2Store::new();
+        s.set("/d/_h", false, "h", Ttl::default(), NOW).unwrap();
+        s.set("/d/v", false, "v", Ttl::default(), NOW).unwrap();
+        let listing = s.get("/d", true, NOW).unwrap();
+        let keys: Vec<_> = listing
+            .node
+            .unwrap()
+            .nodes
+            .into_iter()
+            .map(|n| n.key)
+            .collect();
+        assert_eq!(keys, ["/d/v"]);
+        assert_eq!(
+            s.get("/d/_h", false, NOW)
+                .unwrap()
+                .node
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("h")
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(u8, bool),
+        Create(u8),
+        Delete(u8, bool),
+        Cas(u8, u8),
+        Post(u8),
+        Expire(u8),
+    }
+
+    fn key(k: u8) -> String {
+        ["/a", "/b", "/a/x", "/a/y/z", "/c/_h", "/b/q"][usize::from(k) % 6].to_string()
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<u8>(), any::<bool>()).prop_map(|(k, d)| Op::Set(k, d)),
+            any::<u8>().prop_map(Op::Create),
+            (any::<u8>(), any::<bool>()).prop_map(|(k, r)| Op::Delete(k, r)),
+            (any::<u8>(), any::<u8>()).prop_map(|(k, i)| Op::Cas(k, i)),
+            any::<u8>().prop_map(Op::Post),
+            any::<u8>().prop_map(Op::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Any history restores from a snapshot to the same keyspace, index and history,
+        /// and the index grows by exactly one per successful change.
+        #[test]
+        fn snapshot_restore_is_exact(ops in proptest::collection::vec(op(), 0..60)) {
+            let mut s = V2Store::new();
+            for (i, op) in ops.iter().enumerate() {
+                let now = NOW + i as i64 * NANOS_PER_SEC;
+                let ttl = Ttl { expire_at: Some(now + 3 * NANOS_PER_SEC), refresh: false };
+                let before = s.index();
+                let changed = match op {
+                    Op::Set(k, d) => s.set(&key(*k), *d, "v", if *d { ttl } else { Ttl::default() }, now).is_ok(),
+                    Op::Create(k) => s.create(&key(*k), false, "c", false, ttl, now).is_ok(),
+                    Op::Delete(k, r) => s.delete(&key(*k), *r, *r, now).is_ok(),
+                    Op::Cas(k, i) => s.compare_and_swap(&key(*k), "", u64::from(*i % 8), "s", Ttl::default(), now).is_ok(),
+                    Op::Post(k) => s.create(&key(*k), false, "p", true, Ttl::default(), now).is_ok(),
+                    Op::Expire(_) => { let n = s.delete_expired(now).len() as u64; prop_assert_eq!(s.index(), before + n); continue; }
+                };
+                prop_assert_eq!(s.index(), before + u64::from(changed));
+            }
+            let bytes = postcard::to_allocvec(&s.snapshot()).unwrap();
+            let restored = V2Store::restore(postcard::from_bytes(&bytes).unwrap()).unwrap();
+            prop_assert_eq!(restored.index(), s.index());
+            prop_assert_eq!(json(&restored.get("/", true, NOW).unwrap()), json(&s.get("/", true, NOW).unwrap()));
+            prop_assert_eq!(restored.ttl_key_count(), s.ttl_key_count());
+            let a: Vec<String> = s.hub.history.events().map(|e| json(e)).collect();
+            let b: Vec<String> = restored.hub.history.events().map(|e| json(e)).collect();
+            prop_assert_eq!(a, b);
+        }
+    }
+}
