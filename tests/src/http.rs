@@ -691,3 +691,26 @@ pub fn urlencode(s: &str) -> String {
     }
     out
 }
+
+/// Decode a form/query value (`+` is a space, `%XX` escapes).
+pub fn urldecode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -22,17 +22,22 @@ pub struct NormCtx {
     pub peer_url: String,
     /// Exact strings to replace by `<id>` (member id, cluster id).
     pub ids: Vec<String>,
+    /// Index jumps not caused by the scenario's writes (etcd writes member
+    /// attributes through raft when it restarts): `(last index before, jump)`.
+    /// Indexes above `last index before` are shifted down by `jump`.
+    pub gaps: Vec<(u64, u64)>,
 }
 
 /// Per-request normalisation options.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Opts {
     /// Directory listings were not requested sorted: compare `nodes` as sets.
     pub unordered: bool,
-    /// The request carried `prevIndex` (numbers in a 101 cause are indexes).
-    pub prev_index: bool,
-    /// The request carried `prevValue`.
-    pub prev_value: bool,
+    /// The request's `prevIndex` as sent (numbers in a 101 cause are
+    /// indexes; the echoed prevIndex itself becomes `<prevIndex>`).
+    pub prev_index: Option<String>,
+    /// The request's (decoded) `prevValue`, if any.
+    pub prev_value: Option<String>,
 }
 
 impl NormCtx {
@@ -48,7 +53,13 @@ impl NormCtx {
         if n == 0 {
             return "0".into();
         }
-        let d = n as i128 - self.base as i128;
+        let shift: u64 = self
+            .gaps
+            .iter()
+            .filter(|(after, _)| n > *after)
+            .map(|(_, j)| *j)
+            .sum();
+        let d = n as i128 - self.base as i128 - shift as i128;
         format!("#{d:+}")
     }
 
@@ -223,10 +234,26 @@ fn normalize_object(
             ("cause", Value::String(s)) => {
                 let c = match error_code {
                     Some(401) => ctx.cause_brackets(s, None),
-                    Some(101) if opts.prev_index && opts.prev_value => {
-                        ctx.cause_brackets(s, Some(1))
+                    Some(101) if opts.prev_index.is_some() => {
+                        let pi = opts.prev_index.as_deref().unwrap_or_default();
+                        let echo = format!("[{pi} != ");
+                        match index_bracket(s, opts.prev_value.as_deref()) {
+                            Some(i) => {
+                                let marked = match (i, s.rfind(&echo)) {
+                                    (_, Some(pos)) if i == 1 || s.find(&echo) == Some(pos) => {
+                                        format!(
+                                            "{}[<prevIndex> != {}",
+                                            &s[..pos],
+                                            &s[pos + echo.len()..]
+                                        )
+                                    }
+                                    _ => s.clone(),
+                                };
+                                ctx.cause_brackets(&marked, Some(i))
+                            }
+                            None => s.clone(),
+                        }
                     }
-                    Some(101) if opts.prev_index => ctx.cause_brackets(s, Some(0)),
                     _ => s.clone(),
                 };
                 Value::String(ctx.text(&c))
@@ -259,6 +286,26 @@ fn normalize_object(
         out.insert(k.clone(), nv);
     }
     Value::Object(out)
+}
+
+/// Which bracket of a compare-failed cause holds indexes: etcd writes
+/// `[pv != v]` (value mismatch), `[pi != i]` (index mismatch) or both.
+fn index_bracket(cause: &str, prev_value: Option<&str>) -> Option<usize> {
+    match cause.matches('[').count() {
+        2 => Some(1),
+        1 => {
+            let first = cause
+                .trim_start_matches('[')
+                .split(" != ")
+                .next()
+                .unwrap_or("");
+            match prev_value {
+                Some(pv) if pv == first => None,
+                _ => Some(0),
+            }
+        }
+        _ => None,
+    }
 }
 
 /// `expiration` must be RFC 3339 in UTC (`Z`) and lie near now + ttl.
@@ -368,5 +415,163 @@ pub fn shape(v: &Value) -> Value {
         Value::Number(_) => Value::String("<number>".into()),
         Value::Bool(_) => Value::String("<bool>".into()),
         Value::Null => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(base: u64) -> NormCtx {
+        NormCtx {
+            base,
+            client_url: "http://127.0.0.1:1111".into(),
+            peer_url: "http://127.0.0.1:2222".into(),
+            ids: vec!["abc123".into()],
+            gaps: Vec::new(),
+        }
+    }
+
+    fn diff(a: &Value, ca: &NormCtx, b: &Value, cb: &NormCtx, o: &Opts) -> Vec<String> {
+        diff2(a, ca, o, b, cb, o)
+    }
+
+    fn diff2(
+        a: &Value,
+        ca: &NormCtx,
+        oa: &Opts,
+        b: &Value,
+        cb: &NormCtx,
+        ob: &Opts,
+    ) -> Vec<String> {
+        let now = SystemTime::now();
+        let mut issues = Vec::new();
+        let na = normalize_json(a, ca, oa, now, &mut issues);
+        let nb = normalize_json(b, cb, ob, now, &mut issues);
+        let mut d = issues;
+        diff_json("body", &na, &nb, &mut d);
+        d
+    }
+
+    #[test]
+    fn indexes_are_relative_to_base() {
+        let a = json!({"action":"set","node":{"key":"/q/00000000000000000005","modifiedIndex":5,"createdIndex":4}});
+        let b = json!({"action":"set","node":{"key":"/q/00000000000000000002","modifiedIndex":2,"createdIndex":1}});
+        assert!(diff(&a, &ctx(3), &b, &ctx(0), &Opts::default()).is_empty());
+        let c = json!({"action":"set","node":{"key":"/q/00000000000000000002","modifiedIndex":2,"createdIndex":2}});
+        assert_eq!(diff(&a, &ctx(3), &c, &ctx(0), &Opts::default()).len(), 1);
+        // index 0 (parameter errors) stays 0.
+        let e = json!({"errorCode":209,"index":0});
+        let k = json!({"errorCode":209,"index":7});
+        assert_eq!(diff(&e, &ctx(3), &k, &ctx(0), &Opts::default()).len(), 1);
+    }
+
+    #[test]
+    fn gaps_absorb_restart_jumps() {
+        let mut c = ctx(3);
+        c.gaps.push((9, 1));
+        assert_eq!(c.idx_str(9), "#+6");
+        assert_eq!(c.idx_str(11), "#+7");
+    }
+
+    #[test]
+    fn causes() {
+        let oe = |pv: &str| Opts {
+            prev_index: Some("1003".into()),
+            prev_value: Some(pv.into()),
+            ..Opts::default()
+        };
+        let ok = |pv: &str| Opts {
+            prev_index: Some("1000".into()),
+            prev_value: Some(pv.into()),
+            ..Opts::default()
+        };
+        let a = json!({"errorCode":101,"cause":"[two != one] [1003 != 4]","index":4});
+        let b = json!({"errorCode":101,"cause":"[two != one] [1000 != 1]","index":1});
+        assert!(diff2(&a, &ctx(3), &oe("two"), &b, &ctx(0), &ok("two")).is_empty());
+        // Only the index bracket (value matched).
+        let a = json!({"errorCode":101,"cause":"[1003 != 4]","index":4});
+        let b = json!({"errorCode":101,"cause":"[1000 != 1]","index":1});
+        assert!(diff2(&a, &ctx(3), &oe("one"), &b, &ctx(0), &ok("one")).is_empty());
+        // A literal prevIndex is echoed as is.
+        let o = Opts {
+            prev_index: Some("18446744073709551615".into()),
+            ..Opts::default()
+        };
+        let a = json!({"errorCode":101,"cause":"[18446744073709551615 != 4]","index":4});
+        let b = json!({"errorCode":101,"cause":"[18446744073709551615 != 1]","index":1});
+        assert!(diff(&a, &ctx(3), &b, &ctx(0), &o).is_empty());
+        let b = json!({"errorCode":101,"cause":"[18446744073709551614 != 1]","index":1});
+        assert_eq!(diff(&a, &ctx(3), &b, &ctx(0), &o).len(), 1);
+        // Only the value bracket: numbers are values and must match exactly.
+        let a = json!({"errorCode":101,"cause":"[9 != 1]","index":4});
+        let b = json!({"errorCode":101,"cause":"[9 != 2]","index":1});
+        assert_eq!(diff2(&a, &ctx(3), &oe("9"), &b, &ctx(0), &ok("9")).len(), 1);
+        let a = json!({"errorCode":401,"cause":"the requested history has been cleared [1104/4]","index":2103});
+        let b = json!({"errorCode":401,"cause":"the requested history has been cleared [1101/1]","index":2100});
+        assert!(diff(&a, &ctx(3), &b, &ctx(0), &Opts::default()).is_empty());
+    }
+
+    #[test]
+    fn ttl_tolerance_and_unordered_nodes() {
+        let a = json!({"node":{"ttl":10,"nodes":[{"key":"/a"},{"key":"/b"}]}});
+        let b = json!({"node":{"ttl":9,"nodes":[{"key":"/b"},{"key":"/a"}]}});
+        let unordered = Opts {
+            unordered: true,
+            ..Opts::default()
+        };
+        assert!(diff(&a, &ctx(0), &b, &ctx(0), &unordered).is_empty());
+        assert_eq!(diff(&a, &ctx(0), &b, &ctx(0), &Opts::default()).len(), 2);
+        let c = json!({"node":{"ttl":12,"nodes":[{"key":"/a"},{"key":"/b"}]}});
+        assert_eq!(diff(&a, &ctx(0), &c, &ctx(0), &unordered).len(), 1);
+        let d = json!({"node":{"ttl":10,"nodes":[{"key":"/a"},{"key":"/b"}],"dir":true}});
+        assert_eq!(diff(&a, &ctx(0), &d, &ctx(0), &unordered).len(), 1);
+    }
+
+    #[test]
+    fn expiration_checked() {
+        let now = SystemTime::now();
+        let exp = OffsetDateTime::from(now + std::time::Duration::from_secs(10))
+            .format(&Rfc3339)
+            .expect("fmt");
+        let mut issues = Vec::new();
+        normalize_json(
+            &json!({"expiration": exp, "ttl": 10}),
+            &ctx(0),
+            &Opts::default(),
+            now,
+            &mut issues,
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        normalize_json(
+            &json!({"expiration": exp, "ttl": 100}),
+            &ctx(0),
+            &Opts::default(),
+            now,
+            &mut issues,
+        );
+        assert_eq!(issues.len(), 1);
+        issues.clear();
+        normalize_json(
+            &json!({"expiration": "soon", "ttl": 10}),
+            &ctx(0),
+            &Opts::default(),
+            now,
+            &mut issues,
+        );
+        assert_eq!(issues.len(), 1);
+    }
+
+    #[test]
+    fn urls_and_ids() {
+        let c = ctx(0);
+        assert_eq!(
+            c.text("http://127.0.0.1:1111, abc123: x abc1234"),
+            "<client-url>, <id>: x abc1234"
+        );
+        assert!(is_hex_id("2e1259d415f2a040"));
+        assert!(!is_hex_id("0e1259d415f2a040"));
+        assert!(!is_hex_id("2E12"));
     }
 }
