@@ -12,6 +12,7 @@
 //! Limitations of this release: a single member (no Raft yet: the engine's log and
 //! state machine are laid out for it); no v3 gRPC API, TLS or auth yet.
 
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod engine;

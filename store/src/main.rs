@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// BENCH_PLACEHOLDER
-    Version,
+    /// Drive any etcd v2 endpoint with load and report throughput, latency and memory.
+    Bench(keel_store::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
-        Some(Cmd::Version) => Ok(()),
+        Some(Cmd::Bench(args)) => runtime.block_on(keel_store::bench::run(args)),
         None => {
             let settings = cli
                 .etcd
