@@ -74,7 +74,7 @@ pub struct EtcdFlags {
     /// Number of committed transactions that trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = DEFAULT_SNAPSHOT_COUNT)]
     pub snapshot_count: u64,
-    /// Maximum client request size in bytes the server will accept.
+    /// Maximum client request size in bytes (v3 requests; v2 bodies are limited to 10 MiB as in etcd).
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
     /// Time (ms) of a heartbeat interval (validated; used once Raft lands).

@@ -83,7 +83,6 @@ pub async fn run(
     let state = AppState {
         engine: engine.clone(),
         cluster: Arc::new(cluster),
-        max_request_bytes: settings.max_request_bytes,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

@@ -205,26 +205,37 @@ fn normalize_line(line: &str, ctx: &NormCtx, opts: CtlNorm) -> String {
             && let Ok(n) = rest[open + 2..rest.len() - 1].parse::<u64>()
         {
             body = rest[..open].to_string();
-            tail = format!(" [{}]", ctx.idx_str(n));
+            tail = format!(" [{}]", ctx.idx_str_current(n));
         }
         if opts.cause_indexes {
             body = ctx.cause_brackets(&body, None);
         }
         return format!("Error:{}{tail}", ctx.text(&body));
     }
+    if let Some(n) = line
+        .strip_prefix("TTL: ")
+        .and_then(|n| n.trim().parse::<i64>().ok())
+        && n != 0
+    {
+        // Remaining TTL depends on timing.
+        return "TTL: <nonzero>".into();
+    }
     for prefix in ["Created-Index: ", "Modified-Index: ", "Index: "] {
         if let Some(n) = line
             .strip_prefix(prefix)
             .and_then(|n| n.trim().parse::<u64>().ok())
         {
-            return format!("{prefix}{}", ctx.idx_str(n));
+            return format!("{prefix}{}", ctx.idx_str_current(n));
         }
     }
-    // Tokens `idx=N` (used by the exec-watch helper script).
+    // Tokens `idx=N` (used by the exec-watch helper script) and key paths
+    // (in-order keys contain indexes).
     let mut out = Vec::new();
     for tok in line.split(' ') {
         if let Some(n) = tok.strip_prefix("idx=").and_then(|n| n.parse::<u64>().ok()) {
-            out.push(format!("idx={}", ctx.idx_str(n)));
+            out.push(format!("idx={}", ctx.idx_str_current(n)));
+        } else if tok.starts_with('/') {
+            out.push(ctx.key(tok));
         } else {
             out.push(tok.to_string());
         }

@@ -25,6 +25,8 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     /// Send no `Host` header (to provoke a protocol error).
     pub no_host: bool,
+    /// Send `Connection: keep-alive` instead of `Connection: close`.
+    pub keep_alive: bool,
 }
 
 pub const FORM: &str = "application/x-www-form-urlencoded";
@@ -38,6 +40,7 @@ impl Req {
             content_type: None,
             headers: Vec::new(),
             no_host: false,
+            keep_alive: false,
         }
     }
     pub fn get(target: &str) -> Req {
@@ -75,6 +78,10 @@ impl Req {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
+    pub fn keep_alive(mut self) -> Req {
+        self.keep_alive = true;
+        self
+    }
     pub fn without_host(mut self) -> Req {
         self.no_host = true;
         self
@@ -86,7 +93,12 @@ impl Req {
         if !self.no_host {
             out.push_str(&format!("Host: {addr}\r\n"));
         }
-        out.push_str("User-Agent: keel-tests\r\nAccept: */*\r\nConnection: close\r\n");
+        out.push_str("User-Agent: keel-tests\r\nAccept: */*\r\n");
+        out.push_str(if self.keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            "Connection: close\r\n"
+        });
         for (n, v) in &self.headers {
             out.push_str(&format!("{n}: {v}\r\n"));
         }
@@ -309,6 +321,24 @@ impl HttpStream {
         let bytes = req.to_bytes(addr);
         s.write_all_deadline(&bytes, deadline);
         Ok(s)
+    }
+
+    /// Send another request on the same (keep-alive) connection after the
+    /// previous response was read completely, and read its response.
+    pub fn send_next(
+        &mut self,
+        addr: SocketAddr,
+        req: &Req,
+        deadline: Instant,
+    ) -> io::Result<Resp> {
+        self.head = None;
+        self.body = BodyKind::None;
+        self.pending.clear();
+        self.is_head_request = req.method.eq_ignore_ascii_case("HEAD");
+        let bytes = req.to_bytes(addr);
+        self.write_all_deadline(&bytes, deadline);
+        self.read_head(deadline)?;
+        self.read_all(deadline)
     }
 
     /// Connect and write only a prefix of a request (for slow-client tests).

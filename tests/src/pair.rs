@@ -296,8 +296,14 @@ impl Pair {
     /// Compare two responses to (the templated) `req`.
     pub fn compare(&mut self, req: &Req, e: &Resp, k: &Resp, cmp: &Cmp) -> bool {
         self.steps += 1;
-        let oe = cmp.opts.clone().unwrap_or_else(|| opts_for(&self.etcd.req(req)));
-        let ok = cmp.opts.clone().unwrap_or_else(|| opts_for(&self.keel.req(req)));
+        let oe = cmp
+            .opts
+            .clone()
+            .unwrap_or_else(|| opts_for(&self.etcd.req(req)));
+        let ok = cmp
+            .opts
+            .clone()
+            .unwrap_or_else(|| opts_for(&self.keel.req(req)));
         let mut diffs = Vec::new();
         compare_heads(&self.etcd.ctx, e, &self.keel.ctx, k, &mut diffs);
         let (ne, nk) = compare_bodies(
@@ -326,19 +332,34 @@ impl Pair {
     /// did not), bring their relative indexes back in line so that later
     /// steps do not all report the same offset again. Returns a note.
     pub fn realign(&mut self) -> Option<String> {
-        let cur = |side: &Side| side.server.try_request(&Req::get("/v2/keys/")).ok().and_then(|r| r.etcd_index());
+        let cur = |side: &Side| {
+            side.server
+                .try_request(&Req::get("/v2/keys/"))
+                .ok()
+                .and_then(|r| r.etcd_index())
+        };
         let (Some(ie), Some(ik)) = (cur(&self.etcd), cur(&self.keel)) else {
             return None;
         };
         let rel = |side: &Side, i: u64| -> i128 {
-            let shift: u64 = side.ctx.gaps.iter().filter(|(a, _)| i > *a).map(|(_, j)| *j).sum();
+            let shift: u64 = side
+                .ctx
+                .gaps
+                .iter()
+                .filter(|(a, _)| i > *a)
+                .map(|(_, j)| *j)
+                .sum();
             i as i128 - side.ctx.base as i128 - shift as i128
         };
         let d = rel(&self.keel, ik) - rel(&self.etcd, ie);
         if d == 0 {
             return None;
         }
-        let (side, cur_i) = if d > 0 { (&mut self.keel, ik) } else { (&mut self.etcd, ie) };
+        let (side, cur_i) = if d > 0 {
+            (&mut self.keel, ik)
+        } else {
+            (&mut self.etcd, ie)
+        };
         let jump = d.unsigned_abs() as u64;
         side.ctx.gaps.push((cur_i.saturating_sub(jump), jump));
         Some(format!(
@@ -365,20 +386,22 @@ impl Pair {
         for d in diffs {
             s.push_str(&format!("    - {d}\n"));
         }
-        for (side, r, n) in [(&self.etcd, e, ne), (&self.keel, k, nk)] {
+        for side in [&self.etcd, &self.keel] {
             s.push_str(&format!(
-                "  ── {} (base index {}) ← {}\n",
+                "  {} (base index {}) was sent: {}\n",
                 side.name(),
                 side.ctx.base,
                 abbreviate(&side.req(req).target, 200)
             ));
-            for l in r.render().lines() {
-                s.push_str(&format!("    {l}\n"));
-            }
-            if let Some(n) = n {
-                s.push_str(&format!("    normalised: {}\n", abbreviate(n, 1500)));
-            }
         }
+        let left = response_lines(e, ne, &self.etcd.ctx);
+        let right = response_lines(k, nk, &self.keel.ctx);
+        s.push_str(&side_by_side(
+            &format!("etcd ({})", self.etcd.name()),
+            &left,
+            &format!("keel ({})", self.keel.name()),
+            &right,
+        ));
         s
     }
 
@@ -513,19 +536,28 @@ impl Pair {
             for d in &diffs {
                 s.push_str(&format!("    - {d}\n"));
             }
-            for (i, side) in [&self.etcd, &self.keel].iter().enumerate() {
-                s.push_str(&format!(
-                    "  ── {}: {}\n",
-                    side.name(),
-                    abbreviate(&got[i].0.clone().unwrap_or_else(|| got[i].1.clone()), 1500)
-                ));
+            let lines = |i: usize| -> Vec<String> {
+                let mut v = vec![abbreviate(
+                    &got[i].0.clone().unwrap_or_else(|| got[i].1.clone()),
+                    400,
+                )];
                 if let Some(n) = &norms[i] {
-                    s.push_str(&format!(
-                        "     normalised: {}\n",
-                        abbreviate(&n.to_string(), 1500)
-                    ));
+                    v.push("(normalised)".into());
+                    v.extend(
+                        serde_json::to_string_pretty(n)
+                            .unwrap_or_default()
+                            .lines()
+                            .map(str::to_string),
+                    );
                 }
-            }
+                v
+            };
+            s.push_str(&side_by_side(
+                &format!("etcd ({})", self.etcd.name()),
+                &lines(0),
+                &format!("keel ({})", self.keel.name()),
+                &lines(1),
+            ));
             self.failures.push(s);
         }
         let mut it = vals.into_iter();
@@ -713,7 +745,8 @@ pub fn compare_heads(ce: &NormCtx, e: &Resp, ck: &NormCtx, k: &Resp, diffs: &mut
             let na = a.trim().parse::<u64>().map(|n| ce.idx_str(n));
             let nb = b.trim().parse::<u64>().map(|n| ck.idx_str(n));
             match (na, nb) {
-                (Ok(x), Ok(y)) if x == y => {}
+                (Ok(x), Ok(y))
+                    if x == y || (x == "0" && y == "#+0") || (x == "#+0" && y == "0") => {}
                 (Ok(x), Ok(y)) => diffs.push(format!(
                     "header x-etcd-index: etcd {a} ({x}) != keel {b} ({y})"
                 )),
@@ -813,4 +846,71 @@ pub fn compare_bodies(
             (None, None)
         }
     }
+}
+
+/// A response as display lines: status, headers (sorted, `date` omitted),
+/// then the normalised JSON body pretty-printed (or the raw text body).
+/// Volatile header values are shown normalised, the raw value after
+/// ` (raw `; [`side_by_side`] compares only what precedes it.
+pub fn response_lines(r: &Resp, normalised: Option<&str>, ctx: &NormCtx) -> Vec<String> {
+    let mut out = vec![format!("HTTP {} {}", r.status, r.reason)];
+    let mut hs: Vec<&(String, String)> = r.headers.iter().filter(|(n, _)| n != "date").collect();
+    hs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (n, v) in hs {
+        let shown = match n.as_str() {
+            "x-etcd-index" => v
+                .trim()
+                .parse::<u64>()
+                .map(|i| ctx.idx_str_current(i))
+                .unwrap_or_else(|_| v.clone()),
+            "x-etcd-cluster-id" => "<id>".to_string(),
+            "x-raft-index" | "x-raft-term" | "content-length" => "<n>".to_string(),
+            "location" => ctx.text(v),
+            _ => {
+                out.push(format!("{n}: {v}"));
+                continue;
+            }
+        };
+        out.push(format!("{n}: {shown} (raw {v})"));
+    }
+    out.push(String::new());
+    let pretty = normalised
+        .and_then(|n| serde_json::from_str::<Value>(n).ok())
+        .and_then(|v| serde_json::to_string_pretty(&v).ok());
+    match pretty {
+        Some(p) => {
+            out.push("(normalised body)".into());
+            out.extend(p.lines().map(str::to_string));
+        }
+        None => out.extend(r.text().lines().map(str::to_string)),
+    }
+    out
+}
+
+/// Two columns; rows that differ are marked with `≠`.
+pub fn side_by_side(ltitle: &str, left: &[String], rtitle: &str, right: &[String]) -> String {
+    const W: usize = 70;
+    const MAX_ROWS: usize = 80;
+    let cut = |s: &str| -> String {
+        let n = s.chars().count();
+        if n <= W {
+            format!("{s}{}", " ".repeat(W - n))
+        } else {
+            format!("{}…", s.chars().take(W - 1).collect::<String>())
+        }
+    };
+    let mut out = format!("    {} | {}\n", cut(ltitle), rtitle);
+    out.push_str(&format!("    {}-+-{}\n", "-".repeat(W), "-".repeat(W)));
+    let rows = left.len().max(right.len());
+    for i in 0..rows.min(MAX_ROWS) {
+        let l = left.get(i).map(String::as_str).unwrap_or("");
+        let r = right.get(i).map(String::as_str).unwrap_or("");
+        let key = |s: &str| s.split(" (raw ").next().unwrap_or("").to_string();
+        let mark = if key(l) == key(r) { '|' } else { '≠' };
+        out.push_str(&format!("    {} {mark} {}\n", cut(l), abbreviate(r, W)));
+    }
+    if rows > MAX_ROWS {
+        out.push_str(&format!("    … {} more lines\n", rows - MAX_ROWS));
+    }
+    out
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use keel_tests::http::Req;
+use keel_tests::http::{HttpStream, Req};
 use keel_tests::norm;
 use keel_tests::pair::{Cmp, Pair};
 use nix::sys::signal::Signal;
@@ -371,6 +371,7 @@ fn parameter_errors() {
         "/v2/keys/foo?waitIndex=x",
         "/v2/keys/foo?ttl=abc&prevIndex=abc",
         "/v2/keys/foo?dir=x&prevExist=x",
+        "/v2/keys/foo?value=%zz",
     ] {
         p.step(put(t, "value=x"));
     }
@@ -468,7 +469,6 @@ fn ttl_and_refresh() {
     p.step(get("/v2/keys/tdir?recursive=true"));
     p.step(put("/v2/keys/tdir?ttl=&dir=true&prevExist=true", "")); // dir TTL removed
     p.step(get("/v2/keys/tdir"));
-    p.step(put("/v2/keys/zero?ttl=0", "value=z")); // ttl=0
     p.step(put("/v2/keys/cttl?ttl=50&prevExist=false", "value=c"));
     p.step(get("/v2/keys/?sorted=true"));
 
@@ -479,13 +479,34 @@ fn ttl_and_refresh() {
     p.step(put("/v2/keys/rw", "value=after-refresh"));
     p.watch_event(&mut w, EVENT_TIMEOUT);
     p.watch_end(&mut w, EVENT_TIMEOUT);
+
+    // ttl=0: expiration = now; the key is removed by the next expiry sweep.
+    p.step(put("/v2/keys/zero?ttl=0", "value=z"));
+    let mut msgs = Vec::new();
+    for side in p.sides() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while side.send(&get("/v2/keys/zero")).status != 404 {
+            if std::time::Instant::now() >= deadline {
+                msgs.push(format!(
+                    "{}: /zero (ttl=0) still present after 10 s",
+                    side.name()
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for m in msgs {
+        p.fail(m);
+    }
+    p.step(get("/v2/keys/zero"));
     p.finish();
 }
 
 #[test]
 fn ttl_expiry_with_watchers() {
     let mut p = Pair::start("ttl_expiry_with_watchers");
-    p.step(put("/v2/keys/short?ttl=1", "value=gone-soon")); // i+1
+    p.step(put("/v2/keys/short?ttl=2", "value=gone-soon")); // i+1
     let mut w = p.watch(get("/v2/keys/short?wait=true"));
     p.watch_event(&mut w, Duration::from_secs(15)); // expire, i+2
     p.watch_end(&mut w, EVENT_TIMEOUT);
@@ -495,7 +516,7 @@ fn ttl_expiry_with_watchers() {
 
     // An expiring directory notifies watchers of keys inside it and
     // recursive watchers above it.
-    p.step(put("/v2/keys/edir?ttl=1", "dir=true")); // i+3
+    p.step(put("/v2/keys/edir?ttl=2", "dir=true")); // i+3
     p.step(put("/v2/keys/edir/k", "value=v")); // i+4
     let mut inner = p.watch(get("/v2/keys/edir/k?wait=true"));
     let mut rec = p.watch(get("/v2/keys/edir?wait=true&recursive=true"));
@@ -547,9 +568,15 @@ fn watch_long_poll() {
     let mut w = p.watch(get("/v2/keys/wdir/_hidden?wait=true"));
     p.step(put("/v2/keys/wdir/_hidden", "value=h2")); // i+11
     p.watch_event(&mut w, EVENT_TIMEOUT);
+    // Two watchers on the same key both get the event.
+    let mut w1 = p.watch(get("/v2/keys/two?wait=true"));
+    let mut w2 = p.watch(get("/v2/keys/two?wait=true"));
+    p.step(put("/v2/keys/two", "value=both")); // i+12
+    p.watch_event(&mut w1, EVENT_TIMEOUT);
+    p.watch_event(&mut w2, EVENT_TIMEOUT);
     // Watcher on a key whose parent dir is deleted.
     let mut w = p.watch(get("/v2/keys/wdir/sub/k?wait=true"));
-    p.step(del("/v2/keys/wdir?recursive=true")); // i+12
+    p.step(del("/v2/keys/wdir?recursive=true")); // i+13
     p.watch_event(&mut w, EVENT_TIMEOUT);
     p.watch_end(&mut w, EVENT_TIMEOUT);
     // Replay with recursive + waitIndex picks the first matching event.
@@ -561,9 +588,9 @@ fn watch_long_poll() {
     ));
     // Watches for each action.
     let mut w = p.watch(get(
-        "/v2/keys/acts?wait=true&recursive=true&waitIndex={i+13}",
+        "/v2/keys/acts?wait=true&recursive=true&waitIndex={i+14}",
     ));
-    p.step(put("/v2/keys/acts/a?prevExist=false", "value=1")); // i+13 create
+    p.step(put("/v2/keys/acts/a?prevExist=false", "value=1")); // i+14 create
     p.watch_event(&mut w, EVENT_TIMEOUT);
     for (i, (req, _)) in [
         (put("/v2/keys/acts/a?prevExist=true", "value=2"), "update"),
@@ -581,7 +608,7 @@ fn watch_long_poll() {
         p.step(req);
         p.step(get(&format!(
             "/v2/keys/acts?wait=true&recursive=true&waitIndex={{i+{}}}",
-            14 + i
+            15 + i
         )));
     }
     // Watch with quorum/sorted extras is accepted.
@@ -727,5 +754,60 @@ fn value_encoding() {
     // Raw body bytes compared exactly for one value with HTML characters:
     // both servers' JSON must at least decode to the same string.
     p.step(get("/v2/keys/enc?recursive=true&sorted=true"));
+    p.finish();
+}
+
+#[test]
+fn keep_alive_connection() {
+    let mut p = Pair::start("keep_alive_connection");
+    // Several requests on one persistent connection, as Go and Python
+    // clients send them; every response must be complete and framed right.
+    let reqs = [
+        put("/v2/keys/ka", "value=1"),
+        get("/v2/keys/ka"),
+        Req::head("/v2/keys/ka"),
+        get("/v2/keys/missing"),
+        Req::head("/v2/keys/missing"),
+        Req::new("PATCH", "/v2/keys/ka"),
+        put("/v2/keys/ka?prevExist=false", "value=2"),
+        get("/v2/keys/ka?wait=true&waitIndex={i+1}"),
+        get("/v2/nothing"),
+        get("/version"),
+        Req::post("/v2/keys/kq", "value=x"),
+        Req::new("PUT", "/v2/keys/big").form(&format!("value={}", "x".repeat(100_000))),
+        get("/v2/keys/big"),
+        del("/v2/keys/ka"),
+        get("/v2/keys/?recursive=true&sorted=true"),
+    ];
+    let mut streams: Vec<Option<HttpStream>> = vec![None, None];
+    for req in reqs {
+        let req = req.keep_alive();
+        let mut got = Vec::new();
+        for (i, side) in [&p.etcd, &p.keel].into_iter().enumerate() {
+            let r = side.req(&req);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let resp = match streams[i].as_mut() {
+                Some(st) => st.send_next(side.server.addr(), &r, deadline),
+                None => HttpStream::open(side.server.addr(), &r, deadline).and_then(|mut st| {
+                    let resp = st.read_all(deadline);
+                    streams[i] = Some(st);
+                    resp
+                }),
+            };
+            got.push(resp.unwrap_or_else(|e| {
+                streams[i] = None; // reconnect next time
+                keel_tests::pair::transport_error(&format!("on the kept-alive connection: {e}"))
+            }));
+        }
+        let desc = format!("{}  [keep-alive]", req.describe());
+        let mut shown = req.clone();
+        shown.target = desc;
+        p.compare(&shown, &got[0], &got[1], &Cmp::default());
+    }
+    // Expect: 100-continue (curl sends it for bodies above 1 KiB).
+    p.step(
+        put("/v2/keys/cont", &format!("value={}", "c".repeat(2000)))
+            .header("Expect", "100-continue"),
+    );
     p.finish();
 }

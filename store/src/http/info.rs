@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, Response, StatusCode, header};
-use axum::routing::{any, get};
+use axum::routing::any;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,9 +26,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v2/members/", any(members))
         .route("/v2/members/{id}", any(member))
         .route("/v2/machines", any(machines))
-        .route("/v2/stats/self", get(stats_self))
-        .route("/v2/stats/store", get(stats_store))
-        .route("/v2/stats/leader", get(stats_leader))
+        .route("/v2/stats/self", any(stats_self))
+        .route("/v2/stats/store", any(stats_store))
+        .route("/v2/stats/leader", any(stats_leader))
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
@@ -91,14 +91,18 @@ async fn health(State(app): State<AppState>, method: Method) -> Response<Body> {
     }
     // Healthy when the log still takes writes; a failed WAL makes the member unhealthy.
     match app.engine.failure() {
-        None => json_ok(StatusCode::OK, &Health { health: "true" }, false, None),
-        Some(_) => json_ok(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &Health { health: "false" },
-            false,
-            None,
-        ),
+        None => health_response(StatusCode::OK, "true"),
+        Some(_) => health_response(StatusCode::SERVICE_UNAVAILABLE, "false"),
     }
+}
+
+/// etcd writes `/health` without a Content-Type, so Go labels it as text.
+fn health_response(status: StatusCode, health: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(json::to_vec(&Health { health })))
+        .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -133,7 +137,7 @@ struct HttpError<'a> {
 }
 
 fn member_error(status: StatusCode, message: &str, cluster_id: u64) -> Response<Body> {
-    json_ok(status, &HttpError { message }, true, Some(cluster_id))
+    json_ok(status, &HttpError { message }, false, Some(cluster_id))
 }
 
 #[derive(serde::Deserialize)]
@@ -142,7 +146,39 @@ struct MemberCreate {
     peer_urls: Vec<String>,
 }
 
-async fn members(State(app): State<AppState>, method: Method, body: Bytes) -> Response<Body> {
+/// etcd's `types.NewURLs` checks of a peer URL.
+fn check_peer_url(u: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return Err(format!(
+            "URL scheme must be http, https, unix, or unixs: {u}"
+        ));
+    };
+    if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+        return Err(format!(
+            "URL scheme must be http, https, unix, or unixs: {u}"
+        ));
+    }
+    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    if !path.is_empty() {
+        return Err(format!("URL must not contain a path: {u}"));
+    }
+    if host
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
+    {
+        return Err(format!(
+            r#"URL address does not have the form "host:port": {u}"#
+        ));
+    }
+    Ok(())
+}
+
+async fn members(
+    State(app): State<AppState>,
+    method: Method,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     let cid = app.cluster.id;
     match method {
         Method::GET => {
@@ -152,10 +188,25 @@ async fn members(State(app): State<AppState>, method: Method, body: Bytes) -> Re
             json_ok(StatusCode::OK, &mc, true, Some(cid))
         }
         Method::POST => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let media = ct.split(';').next().unwrap_or("").trim();
+            if !media.eq_ignore_ascii_case("application/json") {
+                return member_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    &format!("Bad Content-Type {ct}, accept application/json"),
+                    cid,
+                );
+            }
             let req: MemberCreate = match serde_json::from_slice(&body) {
                 Ok(r) => r,
                 Err(e) => return member_error(StatusCode::BAD_REQUEST, &e.to_string(), cid),
             };
+            if let Some(msg) = req.peer_urls.iter().find_map(|u| check_peer_url(u).err()) {
+                return member_error(StatusCode::BAD_REQUEST, &msg, cid);
+            }
             if req
                 .peer_urls
                 .iter()
@@ -251,7 +302,10 @@ struct SelfStats {
     send_append_request_cnt: u64,
 }
 
-async fn stats_self(State(app): State<AppState>) -> Response<Body> {
+async fn stats_self(State(app): State<AppState>, method: Method) -> Response<Body> {
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
     let c = &app.cluster;
     let id = format!("{:x}", c.local.id);
     let s = SelfStats {
@@ -291,7 +345,10 @@ struct StoreStats {
     watchers: u64,
 }
 
-async fn stats_store(State(app): State<AppState>) -> Response<Body> {
+async fn stats_store(State(app): State<AppState>, method: Method) -> Response<Body> {
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
     let state = app.engine.read();
     let s = &state.v2.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -322,7 +379,10 @@ struct LeaderStats {
     followers: serde_json::Map<String, serde_json::Value>,
 }
 
-async fn stats_leader(State(app): State<AppState>) -> Response<Body> {
+async fn stats_leader(State(app): State<AppState>, method: Method) -> Response<Body> {
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
     let s = LeaderStats {
         leader: format!("{:x}", app.cluster.local.id),
         followers: serde_json::Map::new(),

@@ -131,13 +131,8 @@ async fn handle(
             ))
         }
         _ => {
-            if req.value.len() as u64 > app.max_request_bytes {
-                return Err(V2Error::new(
-                    code::RAFT_INTERNAL,
-                    "etcdserver: request is too large",
-                    0,
-                ));
-            }
+            // Like etcd, v2 values are bounded only by the 10 MiB form limit above;
+            // `--max-request-bytes` applies to v3 requests.
             let now = now_nanos();
             let write = V2Write {
                 method: match *method {

@@ -23,8 +23,6 @@ pub use form::{Form, FormError};
 pub struct AppState {
     pub engine: Engine,
     pub cluster: Arc<Cluster>,
-    /// Largest v2 value accepted (etcd's `--max-request-bytes`).
-    pub max_request_bytes: u64,
 }
 
 /// The whole client API as one router.
@@ -33,13 +31,48 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::routes())
         .merge(info::routes())
         .fallback(|| async { text_error(StatusCode::NOT_FOUND, "404 page not found") })
-        .layer(axum::middleware::map_response(add_cors))
         .layer(axum::middleware::map_request(redirect_unclean))
+        .layer(axum::middleware::map_response(add_cors))
+        .layer(axum::middleware::map_request(preflight))
         .with_state(state)
+}
+
+/// Marks a response written by the HTTP server itself (before any handler), which
+/// carries no CORS headers in etcd.
+#[derive(Debug, Clone, Copy)]
+struct ServerLevel;
+
+/// A bad request rejected at the server level, as Go's `net/http` writes it.
+fn server_level_error(msg: &str) -> Response<Body> {
+    let mut resp = Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONNECTION, "close")
+        .body(Body::from(msg.to_string()))
+        .unwrap_or_default();
+    resp.extensions_mut().insert(ServerLevel);
+    resp
+}
+
+/// CORS preflight: etcd answers any `OPTIONS` with 200 and the CORS headers only; and
+/// Go's server refuses an HTTP/1.1 request without `Host`.
+async fn preflight(req: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+    if req.version() == axum::http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Err(server_level_error(
+            "400 Bad Request: missing required Host header",
+        ));
+    }
+    if req.method() == axum::http::Method::OPTIONS {
+        return Err(add_cors(Response::new(Body::empty())).await);
+    }
+    Ok(req)
 }
 
 /// Add etcd's CORS headers and order all headers by name, as Go's server writes them.
 async fn add_cors(mut resp: Response<Body>) -> Response<Body> {
+    if resp.extensions().get::<ServerLevel>().is_some() {
+        return resp;
+    }
     let h = resp.headers_mut();
     h.insert(
         "access-control-allow-headers",
@@ -72,7 +105,7 @@ async fn add_cors(mut resp: Response<Body>) -> Response<Body> {
 async fn redirect_unclean(req: Request<Body>) -> Result<Request<Body>, Response<Body>> {
     let raw = req.uri().path();
     let Ok(decoded) = form::unescape_path(raw) else {
-        return Err(text_error(StatusCode::BAD_REQUEST, "400 Bad Request"));
+        return Err(server_level_error("400 Bad Request"));
     };
     let clean = clean_path(&decoded);
     if clean == decoded || req.method() == axum::http::Method::CONNECT {

@@ -665,11 +665,13 @@ impl V2Store {
         prev_index: u64,
         now: i64,
     ) -> Result<Event, V2Error> {
-        self.root_read_only(path)?;
+        // etcd checks no read-only root here: the root fails as a directory, with the
+        // cause left empty (its internal path is the key prefix etcd trims).
         let current = self.current_index;
         let n = self.node(path)?;
         if n.is_dir() {
-            return Err(V2Error::new(code::NOT_FILE, path, current));
+            let cause = if path == "/" { "" } else { path };
+            return Err(V2Error::new(code::NOT_FILE, cause, current));
         }
         Self::compare(n, prev_value, prev_index)
             .map_err(|cause| V2Error::new(code::TEST_FAILED, cause, current))?;
