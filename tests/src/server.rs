@@ -411,3 +411,15 @@ impl Drop for Server {
         }
     }
 }
+
+/// Wait until something answers `GET /version` on `addr` (a server started by hand).
+pub fn wait_until_serving(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while http::send(addr, &http::Req::get("/version"), Duration::from_secs(1)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing serves {addr} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

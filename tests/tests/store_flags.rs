@@ -3,9 +3,9 @@
 
 use keel_tests::Req;
 use keel_tests::http::send;
-use keel_tests::server::{free_port, keel_store_bin};
+use keel_tests::server::{free_port, keel_store_bin, wait_until_serving};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Running(Child);
 
@@ -17,15 +17,10 @@ impl Drop for Running {
 }
 
 fn wait_ready(port: u16) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while send(addr, &Req::get("/version"), Duration::from_secs(1)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "keel-store did not come up on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_serving(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(30),
+    );
 }
 
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {

@@ -4,6 +4,7 @@
 //! refuse to start with a message naming the file and offset.
 
 use keel_tests::http::send;
+use keel_tests::server::wait_until_serving;
 use keel_tests::{Flavor, Req, Server};
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -174,6 +175,20 @@ fn expect_refusal(server: &Server) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Run keel-store on `server`'s data dir and ports with `extra` flags; wait until ready.
+fn start_with(server: &Server, extra: &[&str]) -> std::process::Child {
+    let child = Command::new(&server.bin)
+        .args(server.args())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel-store");
+    wait_until_serving(server.addr(), Duration::from_secs(30));
+    child
+}
+
 #[test]
 fn flipped_wal_bytes_are_refused_with_file_and_offset() {
     let mut server = Server::start(Flavor::Keel);
@@ -257,19 +272,7 @@ fn snapshots_bound_the_wal_and_restore_state() {
     let addr = server.addr();
     // keel-store's --snapshot-count is honoured: restart with a small one.
     server.kill(Signal::SIGTERM);
-    let mut child = Command::new(&server.bin)
-        .args(server.args())
-        .args(["--snapshot-count", "100"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while send(addr, &Req::get("/version"), Duration::from_secs(1)).is_err() {
-        assert!(Instant::now() < deadline, "keel-store did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_with(&server, &["--snapshot-count", "100"]);
     for i in 0..1000 {
         let r = send(
             addr,
@@ -321,19 +324,7 @@ fn corrupt_snapshot_is_refused_with_its_name() {
     let mut server = Server::start(Flavor::Keel);
     server.kill(Signal::SIGTERM);
     let addr = server.addr();
-    let mut child = Command::new(&server.bin)
-        .args(server.args())
-        .args(["--snapshot-count", "10"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while send(addr, &Req::get("/version"), Duration::from_secs(1)).is_err() {
-        assert!(Instant::now() < deadline, "keel-store did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_with(&server, &["--snapshot-count", "10"]);
     for i in 0..30 {
         send(
             addr,
