@@ -77,6 +77,13 @@ pub struct EtcdFlags {
     /// Maximum client request size in bytes (v3 requests; v2 bodies are limited to 10 MiB as in etcd).
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = crate::v3::api::DEFAULT_MAX_TXN_OPS)]
+    pub max_txn_ops: usize,
+    /// Interval (ms) of watch progress notifications (etcd: --experimental-watch-progress-notify-interval, 10m).
+    #[arg(long = "experimental-watch-progress-notify-interval", env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+          default_value_t = 600_000, value_parser = parse_go_duration_ms)]
+    pub experimental_watch_progress_notify_interval_ms: u64,
     /// Time (ms) of a heartbeat interval (validated; used once Raft lands).
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -173,6 +180,8 @@ const KNOWN_ENV: &[&str] = &[
     "ETCD_QUOTA_BACKEND_BYTES",
     "ETCD_LISTEN_METRICS_URLS",
     "ETCD_UNSUPPORTED_ARCH",
+    "ETCD_MAX_TXN_OPS",
+    "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
 ];
 
 /// Validated settings for the server.
@@ -188,6 +197,7 @@ pub struct Settings {
     pub snapshot_count: u64,
     pub max_request_bytes: u64,
     pub log_level: String,
+    pub v3: crate::v3::api::V3Options,
 }
 
 impl EtcdFlags {
@@ -387,8 +397,39 @@ impl EtcdFlags {
             snapshot_count: self.snapshot_count,
             max_request_bytes: self.max_request_bytes,
             log_level: self.log_level.clone(),
+            v3: crate::v3::api::V3Options {
+                max_request_bytes: self.max_request_bytes as usize,
+                max_txn_ops: self.max_txn_ops,
+                // etcd: 1.5 election timeouts, rounded up to whole seconds.
+                min_lease_ttl_secs: (self.election_timeout * 3 / 2).div_ceil(1000) as i64,
+                progress_notify_interval: std::time::Duration::from_millis(
+                    self.experimental_watch_progress_notify_interval_ms,
+                ),
+            },
         })
     }
+}
+
+/// A Go duration (`10m`, `1.5s`, `500ms`) or a plain number of milliseconds.
+fn parse_go_duration_ms(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("{s:?} is not a duration"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    let factor = match unit {
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Ok((n * factor) as u64)
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {

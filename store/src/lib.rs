@@ -20,4 +20,5 @@ pub mod http;
 pub mod json;
 pub mod server;
 pub mod v2;
+pub mod v3;
 pub mod wal;

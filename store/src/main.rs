@@ -21,6 +21,21 @@ struct Cli {
 enum Cmd {
     /// Drive any etcd v2 endpoint with load and report throughput, latency and memory.
     Bench(keel_store::bench::BenchArgs),
+    /// Work with backups taken by `etcdctl snapshot save` (the Snapshot RPC).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCmd {
+    /// Create a new data dir from a backup; then start keel-store on that data dir.
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// The data dir to create (must not hold a store yet).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +57,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
         Some(Cmd::Bench(args)) => runtime.block_on(keel_store::bench::run(args)),
+        Some(Cmd::Snapshot(SnapshotCmd::Restore { file, data_dir })) => {
+            let meta = keel_store::engine::restore(&file, &data_dir)
+                .with_context(|| format!("cannot restore {}", file.display()))?;
+            println!(
+                "restored {} into {} at log index {}",
+                file.display(),
+                data_dir.display(),
+                meta.index
+            );
+            Ok(())
+        }
         None => {
             let settings = cli
                 .etcd

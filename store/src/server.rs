@@ -6,6 +6,7 @@ use crate::config::Settings;
 use crate::engine::command::Command;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::http::{self, AppState};
+use crate::v3::api::V3Api;
 use crate::wal::WalOptions;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,8 +87,13 @@ pub async fn run(
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let v3 = V3Api::new(engine.clone(), state.cluster.clone(), settings.v3.clone());
+    let dispatch = http::Dispatch {
+        http: http::router(state.clone()),
+        grpc: crate::v3::grpc::router(v3.clone()),
+    };
     for l in listeners {
-        let router = http::router(state.clone());
+        let router = dispatch.clone();
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             http::serve(l, router, async move {
@@ -104,6 +110,14 @@ pub async fn run(
             _ = rx.wait_for(|s| *s) => {}
         }
     }));
+    let lease_engine = engine.clone();
+    let mut rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = run_leases(lease_engine) => {}
+            _ = rx.wait_for(|s| *s) => {}
+        }
+    }));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -112,6 +126,52 @@ pub async fn run(
     }
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
+}
+
+/// How often remaining lease TTLs are checkpointed into the log (etcd checkpoints every
+/// 5 minutes when enabled; shorter here so a restart loses little lease time).
+pub const LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Revoke leases whose TTL ran out (checked every 500 ms, like etcd's lessor) and
+/// checkpoint the remaining TTLs of the others.
+pub async fn run_leases(engine: Engine) {
+    use crate::v3::V3Write;
+    let mut tick = tokio::time::interval(TTL_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let expired = engine.read().v3.expired_leases(now);
+        for id in expired {
+            match engine
+                .propose(Command::V3(V3Write::LeaseRevoke { id }))
+                .await
+            {
+                Ok(_) => tracing::debug!(lease = id, "lease expired"),
+                Err(e) => tracing::warn!(lease = id, error = %e, "cannot revoke expired lease"),
+            }
+        }
+        if now.duration_since(last_checkpoint) >= LEASE_CHECKPOINT_INTERVAL {
+            last_checkpoint = now;
+            let remaining: Vec<(i64, i64)> = {
+                let state = engine.read();
+                state
+                    .v3
+                    .deadlines
+                    .iter()
+                    .map(|(id, d)| (*id, d.saturating_duration_since(now).as_millis() as i64))
+                    .collect()
+            };
+            if !remaining.is_empty()
+                && let Err(e) = engine
+                    .propose(Command::V3(V3Write::LeaseCheckpoint(remaining)))
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot checkpoint leases");
+            }
+        }
+    }
 }
 
 /// Propose a `Sync` whenever some v2 key has expired (etcd proposes SYNC every 500 ms).

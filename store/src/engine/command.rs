@@ -4,7 +4,9 @@
 //! absolute expirations), so applying the same log always yields the same state.
 
 use crate::v2::{Event, Ttl, V2Error, V2Store};
+use crate::v3::{V3Applied, V3Error, V3State, V3Write};
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 /// One entry of the replicated log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +15,8 @@ pub enum Command {
     V2(V2Write),
     /// Expire v2 keys whose TTL ran out by `now` (etcd's `SYNC` request).
     Sync { now: i64 },
+    /// A v3 API write.
+    V3(V3Write),
 }
 
 /// The v2 write methods.
@@ -46,11 +50,14 @@ pub struct V2Write {
 pub enum Outcome {
     V2(Box<Result<Event, V2Error>>),
     Synced { expired: usize },
+    V3(Box<Result<V3Applied, V3Error>>),
 }
 
-/// Apply one command to the state machine (etcd's `applyV2Request`).
-pub fn apply(v2: &mut V2Store, cmd: &Command) -> Outcome {
+/// Apply one command to the state machine (etcd's `applyV2Request` / `applierV3`);
+/// `now` is the local clock for lease deadlines, which are not part of the log.
+pub fn apply(v2: &mut V2Store, v3: &mut V3State, cmd: &Command, now: Instant) -> Outcome {
     match cmd {
+        Command::V3(w) => Outcome::V3(Box::new(v3.apply(w, now))),
         Command::Sync { now } => Outcome::Synced {
             expired: v2.delete_expired(*now).len(),
         },

@@ -22,6 +22,8 @@
 pub mod command;
 
 use crate::v2::{self, V2Store};
+use crate::v3::V3State;
+use crate::v3::mvcc::Mvcc;
 use crate::wal::{self, Entry, SnapshotMeta, Wal, WalError, WalOptions};
 use command::{Command, Outcome};
 use serde::{Deserialize, Serialize};
@@ -38,7 +40,7 @@ const MAX_BATCH_ENTRIES: usize = 4096;
 const SNAPSHOTS_KEPT: usize = 2;
 /// Term of every entry until Raft arrives.
 const SINGLE_NODE_TERM: u64 = 1;
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,7 @@ impl EngineOptions {
 #[derive(Debug, Default)]
 pub struct State {
     pub v2: V2Store,
+    pub v3: V3State,
     /// Index of the last applied (and durable) log entry.
     pub applied_index: u64,
     pub term: u64,
@@ -144,6 +147,7 @@ struct SnapshotOut<'a> {
     format: u32,
     applied_index: u64,
     v2: v2::SnapshotRef<'a>,
+    v3: &'a Mvcc,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +155,7 @@ struct SnapshotIn {
     format: u32,
     applied_index: u64,
     v2: v2::Snapshot,
+    v3: Mvcc,
 }
 
 impl Engine {
@@ -178,6 +183,7 @@ impl Engine {
                 )));
             }
             state.v2 = V2Store::restore(snap.v2).map_err(|e| bad(e.to_string()))?;
+            state.v3.mvcc = snap.v3;
             state.applied_index = meta.index;
             state.term = meta.term;
             recovery.snapshot_index = meta.index;
@@ -190,11 +196,17 @@ impl Engine {
                     dir: wal_dir.clone(),
                     source,
                 })?;
-            command::apply(&mut state.v2, &cmd);
+            command::apply(
+                &mut state.v2,
+                &mut state.v3,
+                &cmd,
+                std::time::Instant::now(),
+            );
             state.applied_index = entry.index;
             state.term = entry.term;
         }
         recovery.replayed_entries = entries.len();
+        state.v3.resume_leases(std::time::Instant::now());
 
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -251,6 +263,31 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A self-contained image of the whole state (the `Snapshot` RPC's payload), which
+    /// `keel-store snapshot restore` turns into a new data dir.
+    pub fn backup(&self) -> Result<Vec<u8>, EngineError> {
+        let state = self.read();
+        let out = SnapshotOut {
+            format: SNAPSHOT_FORMAT,
+            applied_index: state.applied_index,
+            v2: state.v2.snapshot(),
+            v3: &state.v3.mvcc,
+        };
+        let body = postcard::to_allocvec(&out).map_err(|e| EngineError::DecodeSnapshot {
+            index: state.applied_index,
+            dir: self.shared.data_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut out = backup_frame(state.applied_index, state.term, &body);
+        // etcdctl accepts a snapshot only if it is a whole number of 512-byte sectors
+        // followed by the SHA-256 of those sectors (as etcd's bbolt file plus digest).
+        out.resize(out.len().next_multiple_of(512), 0);
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        Ok(out)
+    }
+
     /// Why the engine stopped accepting writes, if it did.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.get().cloned()
@@ -267,6 +304,85 @@ impl Engine {
             let _ = handle.join();
         }
     }
+}
+
+/// Magic of a backup file: `KEELBAK1`, then index u64, term u64, body length u64,
+/// CRC-32 of the body u32 (little-endian), then the body.
+const BACKUP_MAGIC: &[u8; 8] = b"KEELBAK1";
+
+fn backup_frame(index: u64, term: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 36);
+    out.extend_from_slice(BACKUP_MAGIC);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Errors of `restore`.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{path}: not a keel-store backup ({reason})")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path} already holds a store; restore into a new data dir")]
+    NotEmpty { path: PathBuf },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Create a new data dir from a backup taken with the `Snapshot` RPC (`etcdctl snapshot
+/// save`): the backup becomes the data dir's first snapshot; the WAL starts empty.
+pub fn restore(backup: &Path, data_dir: &Path) -> Result<SnapshotMeta, RestoreError> {
+    let bytes = std::fs::read(backup).map_err(|source| RestoreError::Read {
+        path: backup.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: &str| RestoreError::Invalid {
+        path: backup.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < 36 + 32 || &bytes[..8] != BACKUP_MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let (bytes, digest) = bytes.split_at(bytes.len() - 32);
+    use sha2::Digest;
+    if sha2::Sha256::digest(bytes).as_slice() != digest {
+        return Err(bad("SHA-256 at the end does not match"));
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (index, term, len) = (u64_at(8), u64_at(16), u64_at(24) as usize);
+    let crc = u32::from_le_bytes(bytes[32..36].try_into().unwrap_or([0; 4]));
+    let padded = &bytes[36..];
+    if padded.len() < len || padded.len() - len >= 512 || padded[len..].iter().any(|b| *b != 0) {
+        return Err(bad(&format!(
+            "body is {} bytes, header says {len}",
+            padded.len()
+        )));
+    }
+    let body = &padded[..len];
+    if crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    if postcard::from_bytes::<SnapshotIn>(body).is_err() {
+        return Err(bad("undecodable state"));
+    }
+    let member = data_dir.join("member");
+    if member.exists() {
+        return Err(RestoreError::NotEmpty {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    let meta = SnapshotMeta { index, term };
+    wal::save_snapshot(&member.join("snap"), &meta, body, SNAPSHOTS_KEPT)?;
+    Ok(meta)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -338,8 +454,10 @@ impl Writer {
                 .state
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = std::time::Instant::now();
             for (entry, p) in entries.iter().zip(batch) {
-                let outcome = command::apply(&mut state.v2, &p.cmd);
+                let state = &mut *state;
+                let outcome = command::apply(&mut state.v2, &mut state.v3, &p.cmd, now);
                 state.applied_index = entry.index;
                 state.term = entry.term;
                 replies.push((
@@ -374,6 +492,7 @@ impl Writer {
                 format: SNAPSHOT_FORMAT,
                 applied_index: state.applied_index,
                 v2: state.v2.snapshot(),
+                v3: &state.v3.mvcc,
             };
             let bytes = postcard::to_allocvec(&out).map_err(|e| EngineError::DecodeSnapshot {
                 index: state.applied_index,

@@ -164,7 +164,7 @@ async fn handle(
                         req.no_value_on_success,
                     ))
                 }
-                Outcome::Synced { .. } => {
+                Outcome::Synced { .. } | Outcome::V3(_) => {
                     Err(V2Error::new(code::RAFT_INTERNAL, "unexpected outcome", 0))
                 }
             }

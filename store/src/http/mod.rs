@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use form::{Form, FormError};
+pub use info::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 
 /// Shared by all handlers.
 #[derive(Debug, Clone)]
@@ -158,11 +159,41 @@ pub(crate) fn text_error(status: StatusCode, msg: &str) -> Response<Body> {
         .unwrap_or_default()
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves. Connections use HTTP/1.1 with
-/// title-case header names, as Go's server writes them.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
-    use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
+/// Sends gRPC requests (`content-type: application/grpc…`) to the v3 services and
+/// everything else to the HTTP/JSON router, so one client URL serves every API, as etcd's.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub http: Router,
+    pub grpc: Router,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for Dispatch {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::ServiceExt;
+        let is_grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let router = if is_grpc {
+            self.grpc.clone()
+        } else {
+            self.http.clone()
+        };
+        Box::pin(router.oneshot(req.map(Body::new)))
+    }
+}
+
+/// Serve `service` on `listener` until `shutdown` resolves: HTTP/1.1 (with title-case
+/// header names, as Go's server writes them) and HTTP/2 (gRPC, cleartext or over TLS).
+pub async fn serve(listener: TcpListener, service: Dispatch, shutdown: impl Future<Output = ()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -177,12 +208,14 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = service.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .title_case_headers(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().title_case_headers(true);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
