@@ -81,13 +81,15 @@ pub async fn run(
         &settings.cluster_token,
     );
     tracing::info!(member_id = %format!("{:x}", cluster.local.id), cluster_id = %format!("{:x}", cluster.id), "member ready");
-    let state = AppState {
-        engine: engine.clone(),
-        cluster: Arc::new(cluster),
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    let v3 = V3Api::new(engine.clone(), state.cluster.clone(), settings.v3.clone());
+    let cluster = Arc::new(cluster);
+    let v3 = V3Api::new(engine.clone(), cluster.clone(), settings.v3.clone());
+    let state = AppState {
+        engine: engine.clone(),
+        v3: v3.clone(),
+        cluster,
+    };
     let dispatch = http::Dispatch {
         http: http::router(state.clone()),
         grpc: crate::v3::grpc::router(v3.clone()),

@@ -23,14 +23,17 @@ pub use info::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Engine,
+    pub v3: crate::v3::api::V3Api,
     pub cluster: Arc<Cluster>,
 }
 
 /// The whole client API as one router.
 pub fn router(state: AppState) -> Router {
+    let gateway = crate::v3::gateway::routes().with_state(state.v3.clone());
     Router::new()
         .merge(keys::routes())
         .merge(info::routes())
+        .merge(gateway)
         .fallback(|| async { text_error(StatusCode::NOT_FOUND, "404 page not found") })
         .layer(axum::middleware::map_request(redirect_unclean))
         .layer(axum::middleware::map_response(add_cors))

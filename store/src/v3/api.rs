@@ -66,13 +66,20 @@ impl V3Api {
         }
     }
 
-    /// A response header at `revision`.
+    /// A response header at `revision` (takes the state's read lock: never call it
+    /// while holding the state lock; use [`V3Api::header_at`] there).
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        let term = self.engine.read().term;
+        self.header_at(revision, term)
+    }
+
+    /// A response header at `revision` in raft `term`.
+    pub fn header_at(&self, revision: i64, term: u64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.cluster.id,
             member_id: self.cluster.local.id,
             revision,
-            raft_term: self.engine.read().term,
+            raft_term: term,
         })
     }
 

@@ -204,7 +204,7 @@ impl maintenance_server::Maintenance for V3Api {
             .map(|(i, c)| {
                 let sent = (i * SNAPSHOT_CHUNK_BYTES + c.len()) as u64;
                 Ok(pb::SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: total as u64 - sent,
                     blob: bytes::Bytes::copy_from_slice(c),
                 })
@@ -240,8 +240,18 @@ impl watch_server::Watch for V3Api {
     }
 }
 
+async fn next_or_pending<S>(s: &mut Option<S>) -> Option<S::Item>
+where
+    S: Stream + Unpin,
+{
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One client watch stream: creates and cancels watchers, forwards their events.
-struct WatchSession {
+pub(crate) struct WatchSession {
     api: V3Api,
     stream: u64,
     out: mpsc::UnboundedSender<Result<pb::WatchResponse, Status>>,
@@ -253,7 +263,10 @@ struct WatchSession {
 }
 
 impl WatchSession {
-    fn new(api: V3Api, out: mpsc::UnboundedSender<Result<pb::WatchResponse, Status>>) -> Self {
+    pub(crate) fn new(
+        api: V3Api,
+        out: mpsc::UnboundedSender<Result<pb::WatchResponse, Status>>,
+    ) -> Self {
         let stream = api.engine.write().v3.watch.new_stream();
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
         WatchSession {
@@ -268,14 +281,21 @@ impl WatchSession {
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
+    /// Serve the session until the client goes away. A client that half-closes its side
+    /// keeps receiving events, as with etcd (only an error ends the session).
+    pub(crate) async fn run<S>(mut self, inbound: S)
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin,
+    {
         let mut tick = tokio::time::interval(self.api.opts.progress_notify_interval);
         tick.tick().await;
+        let mut inbound = Some(inbound);
         loop {
             tokio::select! {
-                msg = inbound.next() => match msg {
+                msg = next_or_pending(&mut inbound) => match msg {
                     Some(Ok(req)) => self.handle(req),
-                    Some(Err(_)) | None => break,
+                    Some(Err(_)) => break,
+                    None => inbound = None,
                 },
                 Some(d) = self.deliveries.recv() => self.forward(d),
                 _ = tick.tick() => self.progress_notify(),
@@ -362,10 +382,11 @@ impl WatchSession {
         };
         let mut state = self.api.engine.write();
         let rev = state.v3.mvcc.revision();
+        let header = self.api.header_at(rev, state.term);
         if self.active.contains(&id) {
             drop(state);
             self.send(pb::WatchResponse {
-                header: self.api.header(rev),
+                header,
                 watch_id: id,
                 created: true,
                 canceled: true,
@@ -385,7 +406,7 @@ impl WatchSession {
             start: rev + 1,
         };
         self.send(pb::WatchResponse {
-            header: self.api.header(rev),
+            header,
             watch_id: id,
             created: true,
             ..Default::default()
@@ -394,7 +415,7 @@ impl WatchSession {
         if c.start_revision > 0 && c.start_revision < compacted {
             drop(state);
             self.send(pb::WatchResponse {
-                header: self.api.header(rev),
+                header,
                 watch_id: id,
                 canceled: true,
                 compact_revision: compacted,

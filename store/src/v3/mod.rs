@@ -11,4 +11,5 @@ pub mod watch;
 pub use error::V3Error;
 pub use state::{V3Applied, V3State, V3Write};
 pub mod api;
+pub mod gateway;
 pub mod grpc;

@@ -10,9 +10,9 @@
 
 use super::error::V3Error;
 use super::pb::etcdserverpb::{
-    self as pb, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
-    compare, range_request, request_op, response_op,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare,
+    range_request, request_op, response_op,
 };
 use super::pb::mvccpb::{Event, KeyValue, event::EventType};
 use bytes::Bytes;
@@ -813,6 +813,3 @@ pub fn range_req(key: &[u8], end: &[u8]) -> RangeRequest {
         ..Default::default()
     }
 }
-
-#[allow(dead_code)]
-fn _assert_pb_used(_: pb::AlarmType) {}
