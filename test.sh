@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(etcd-server etcd-client curl)
+APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -143,7 +143,7 @@ pub struct EtcdFlags {
 }
 
 /// Every `ETCD_*` variable a flag above reads, plus etcd's own non-flag variables.
-const KNOWN_ENV: &[&str] = &[
+pub const KNOWN_ENV: &[&str] = &[
     "ETCD_NAME",
     "ETCD_DATA_DIR",
     "ETCD_WAL_DIR",
