@@ -107,15 +107,20 @@ pub struct EtcdFlags {
     #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
     pub log_outputs: String,
 
-    // Recognised etcd flags that are not supported yet.
-    #[arg(long, env = "ETCD_CERT_FILE", hide = true)]
+    /// Path to the client server TLS cert file (for https:// client URLs).
+    #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<String>,
-    #[arg(long, env = "ETCD_KEY_FILE", hide = true)]
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
     pub key_file: Option<String>,
-    #[arg(long, env = "ETCD_TRUSTED_CA_FILE", hide = true)]
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<String>,
-    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<String>,
+
+    // Recognised etcd flags that are not supported yet.
     #[arg(long, env = "ETCD_AUTO_TLS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub auto_tls: Option<String>,
     #[arg(long, env = "ETCD_PEER_CERT_FILE", hide = true)]
@@ -184,13 +189,23 @@ pub const KNOWN_ENV: &[&str] = &[
     "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
 ];
 
+/// A client listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// Serve TLS (an `https://` listen URL).
+    pub https: bool,
+}
+
 /// Validated settings for the server.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub name: String,
     pub data_dir: PathBuf,
     pub wal_dir: Option<PathBuf>,
-    pub listen_client: Vec<SocketAddr>,
+    pub listen_client: Vec<Listen>,
+    /// TLS for `https://` client URLs.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     pub cluster_token: String,
@@ -212,31 +227,11 @@ impl EtcdFlags {
                 return Err(ConfigError::UnknownEnv { name });
             }
         }
-        let unsupported: [(&'static str, bool, &'static str); 17] = [
-            (
-                "cert-file",
-                self.cert_file.is_some(),
-                "client TLS arrives with the v3 API",
-            ),
-            (
-                "key-file",
-                self.key_file.is_some(),
-                "client TLS arrives with the v3 API",
-            ),
-            (
-                "trusted-ca-file",
-                self.trusted_ca_file.is_some(),
-                "client TLS arrives with the v3 API",
-            ),
-            (
-                "client-cert-auth",
-                self.client_cert_auth.is_some(),
-                "client TLS arrives with the v3 API",
-            ),
+        let unsupported: [(&'static str, bool, &'static str); 13] = [
             (
                 "auto-tls",
                 self.auto_tls.is_some(),
-                "client TLS arrives with the v3 API",
+                "give --cert-file and --key-file",
             ),
             (
                 "peer-cert-file",
@@ -302,6 +297,28 @@ impl EtcdFlags {
             return Err(invalid("name", "must not be empty"));
         }
         let listen_client = parse_listen_urls("listen-client-urls", &self.listen_client_urls)?;
+        let client_cert_auth = match self.client_cert_auth.as_deref() {
+            None => false,
+            Some(v) => crate::http::form::parse_bool(v).ok()
+                .ok_or_else(|| invalid("client-cert-auth", format!("{v:?} is not a boolean")))?,
+        };
+        let tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                trusted_ca: self.trusted_ca_file.as_ref().map(Into::into),
+                client_cert_auth,
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("key-file", "is required with --cert-file")),
+            (None, Some(_)) => return Err(invalid("cert-file", "is required with --key-file")),
+        };
+        if listen_client.iter().any(|l| l.https) && tls.is_none() {
+            return Err(invalid("listen-client-urls", "https URLs need --cert-file and --key-file"));
+        }
+        if client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err(invalid("client-cert-auth", "needs --trusted-ca-file"));
+        }
         let advertise_client_urls =
             parse_urls("advertise-client-urls", &self.advertise_client_urls)?;
         let peer_urls = parse_urls(
@@ -391,6 +408,7 @@ impl EtcdFlags {
                 .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
             wal_dir: self.wal_dir.clone(),
             listen_client,
+            tls,
             advertise_client_urls,
             peer_urls,
             cluster_token: self.initial_cluster_token.clone(),
@@ -443,17 +461,15 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<String>, ConfigError> {
     let mut out = Vec::new();
     for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let rest = if let Some(rest) = raw.strip_prefix("http://") {
+        let rest = if let Some(rest) = raw
+            .strip_prefix("http://")
+            .or_else(|| raw.strip_prefix("https://"))
+        {
             rest
-        } else if raw.starts_with("https://") || raw.starts_with("unixs://") {
-            return Err(ConfigError::Unsupported {
-                flag,
-                why: "TLS URLs arrive with client TLS",
-            });
         } else {
             return Err(invalid(
                 flag,
-                format!("URL scheme must be http (got {raw:?})"),
+                format!("URL scheme must be http or https (got {raw:?})"),
             ));
         };
         let hostport = rest.trim_end_matches('/');
@@ -475,10 +491,11 @@ fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<String>, ConfigError
     Ok(out)
 }
 
-fn parse_listen_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+fn parse_listen_urls(flag: &'static str, list: &str) -> Result<Vec<Listen>, ConfigError> {
     let mut addrs = Vec::new();
     for url in parse_urls(flag, list)? {
-        let hostport = &url["http://".len()..];
+        let https = url.starts_with("https://");
+        let hostport = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
         let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "2379"));
         let port: u16 = port
             .parse()
@@ -494,7 +511,7 @@ fn parse_listen_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, 
                 )
             })?,
         };
-        addrs.push(SocketAddr::new(ip, port));
+        addrs.push(Listen { addr: SocketAddr::new(ip, port), https });
     }
     Ok(addrs)
 }
@@ -553,7 +570,7 @@ mod tests {
     fn defaults_match_etcd() {
         let s = parse(&[]).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("default.etcd"));
-        assert_eq!(s.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(s.listen_client, vec![Listen { addr: "127.0.0.1:2379".parse().unwrap(), https: false }]);
         assert_eq!(s.snapshot_count, 100_000);
         assert_eq!(s.max_request_bytes, 1_572_864);
     }
@@ -570,7 +587,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.name, "n1");
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(s.listen_client, vec!["127.0.0.1:1234".parse().unwrap()]);
+        assert_eq!(s.listen_client, vec![Listen { addr: "127.0.0.1:1234".parse().unwrap(), https: false }]);
     }
 
     #[test]

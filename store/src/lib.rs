@@ -19,6 +19,7 @@ pub mod engine;
 pub mod http;
 pub mod json;
 pub mod server;
+pub mod tls;
 pub mod v2;
 pub mod v3;
 pub mod wal;

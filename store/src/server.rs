@@ -32,6 +32,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid TLS configuration")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the recovery task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -63,16 +65,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let engine = open_engine(&settings).await?;
+    let tls = match &settings.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?)),
+        None => None,
+    };
     let mut listeners = Vec::new();
-    for addr in &settings.listen_client {
+    for listen in &settings.listen_client {
+        let addr = listen.addr;
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Listen {
-                addr: *addr,
-                source,
-            })?;
-        tracing::info!(%addr, "serving client requests");
-        listeners.push(l);
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        tracing::info!(%addr, tls = listen.https, "serving client requests");
+        listeners.push((l, listen.https.then(|| tls.clone()).flatten()));
     }
     let cluster = Cluster::single(
         &settings.name,
@@ -94,11 +98,11 @@ pub async fn run(
         http: http::router(state.clone()),
         grpc: crate::v3::grpc::router(v3.clone()),
     };
-    for l in listeners {
+    for (l, tls) in listeners {
         let router = dispatch.clone();
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            http::serve(l, router, async move {
+            http::serve(l, tls, router, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await;

@@ -75,11 +75,15 @@ fn etcd_environment_and_go_style_flags_configure_the_member() {
 fn unknown_and_unsupported_flags_are_refused_clearly() {
     let e = refused(&["--no-such-flag"], &[]);
     assert!(e.contains("--no-such-flag"), "{e}");
-    let e = refused(&["--cert-file", "/x.pem"], &[]);
+    let e = refused(&["--auto-tls"], &[]);
     assert!(
-        e.contains("--cert-file") && e.contains("does not support yet"),
+        e.contains("--auto-tls") && e.contains("does not support yet"),
         "{e}"
     );
+    let e = refused(&["--cert-file", "/x.pem"], &[]);
+    assert!(e.contains("--key-file"), "{e}");
+    let e = refused(&["--listen-client-urls", "https://127.0.0.1:1"], &[]);
+    assert!(e.contains("--cert-file"), "{e}");
     let e = refused(
         &[
             "--initial-cluster",

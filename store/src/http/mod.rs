@@ -3,7 +3,7 @@
 //! Go-style title-case header names. Every response carries etcd's CORS headers; paths
 //! that are not clean are redirected as Go's `ServeMux` does.
 
-mod form;
+pub mod form;
 mod info;
 mod keys;
 
@@ -195,7 +195,12 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Dispatch {
 
 /// Serve `service` on `listener` until `shutdown` resolves: HTTP/1.1 (with title-case
 /// header names, as Go's server writes them) and HTTP/2 (gRPC, cleartext or over TLS).
-pub async fn serve(listener: TcpListener, service: Dispatch, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: Dispatch,
+    shutdown: impl Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     tokio::pin!(shutdown);
     loop {
@@ -212,13 +217,25 @@ pub async fn serve(listener: TcpListener, service: Dispatch, shutdown: impl Futu
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().title_case_headers(true);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let served = match tls {
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls_stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(tls_stream), service)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

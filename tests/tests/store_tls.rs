@@ -1,0 +1,249 @@
+//! keel-store over TLS with etcd's flags: `https://` client URLs, `--cert-file`,
+//! `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, for the v2 and v3 APIs,
+//! exercised with Debian's etcdctl; a client with no or a foreign certificate is refused.
+
+use keel_tests::server::{etcdctl_bin, free_port, keel_store_bin};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate it signed for `name` with the given extensions.
+fn make_ca(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+        ],
+    );
+}
+
+fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        make_ca(p, "ca");
+        make_ca(p, "other-ca");
+        make_cert(
+            p,
+            "ca",
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        make_cert(p, "ca", "client", "extendedKeyUsage=clientAuth\n");
+        make_cert(p, "other-ca", "stranger", "extendedKeyUsage=clientAuth\n");
+        Pki {
+            path: p.to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.path.join(name).display().to_string()
+    }
+}
+
+fn start(pki: &Pki, client_cert_auth: bool) -> (Running, String, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("https://127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(keel_store_bin());
+    cmd.args([
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+    ])
+    .args([
+        "--cert-file",
+        &pki.file("server.crt"),
+        "--key-file",
+        &pki.file("server.key"),
+    ])
+    .args(["--trusted-ca-file", &pki.file("ca.crt")]);
+    if client_cert_auth {
+        cmd.arg("--client-cert-auth");
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Running(child), url, data)
+}
+
+fn ctl3(url: &str, pki: &Pki, cert: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
+        .args([
+            format!("--endpoints={url}"),
+            format!("--cacert={}", pki.file("ca.crt")),
+        ])
+        .args(["--dial-timeout=2s", "--command-timeout=3s"]);
+    if let Some(c) = cert {
+        cmd.args([
+            format!("--cert={}", pki.file(&format!("{c}.crt"))),
+            format!("--key={}", pki.file(&format!("{c}.key"))),
+        ]);
+    }
+    cmd.args(args).output().unwrap()
+}
+
+fn wait_healthy(url: &str, pki: &Pki, cert: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctl3(url, pki, cert, &["endpoint", "health"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keel-store never became healthy over TLS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn client_certificates_are_required_when_asked() {
+    let pki = Pki::new();
+    let (_server, url, _data) = start(&pki, true);
+    wait_healthy(&url, &pki, Some("client"));
+
+    let put = ctl3(&url, &pki, Some("client"), &["put", "k", "v"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let get = ctl3(
+        &url,
+        &pki,
+        Some("client"),
+        &["get", "k", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+
+    // v2 over the same TLS listener.
+    let v2 = Command::new(etcdctl_bin())
+        .env("ETCDCTL_API", "2")
+        .args([
+            format!("--endpoints={url}"),
+            format!("--ca-file={}", pki.file("ca.crt")),
+        ])
+        .args([
+            format!("--cert-file={}", pki.file("client.crt")),
+            format!("--key-file={}", pki.file("client.key")),
+        ])
+        .args(["--no-sync", "set", "/tls", "yes"])
+        .output()
+        .unwrap();
+    assert!(
+        v2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&v2.stderr)
+    );
+
+    let anonymous = ctl3(&url, &pki, None, &["get", "k"]);
+    assert!(
+        !anonymous.status.success(),
+        "a client without a certificate was served"
+    );
+    let stranger = ctl3(&url, &pki, Some("stranger"), &["get", "k"]);
+    assert!(
+        !stranger.status.success(),
+        "a certificate from an untrusted CA was accepted"
+    );
+}
+
+#[test]
+fn tls_without_client_auth_serves_any_client() {
+    let pki = Pki::new();
+    let (_server, url, _data) = start(&pki, false);
+    wait_healthy(&url, &pki, None);
+    assert!(ctl3(&url, &pki, None, &["put", "a", "1"]).status.success());
+    let get = ctl3(&url, &pki, None, &["get", "a", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "1");
+}
