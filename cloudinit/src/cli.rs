@@ -86,8 +86,8 @@ pub struct SourceArgs {
     /// Download user-data from a URL.
     #[arg(long, value_name = "URL")]
     pub from_url: Option<String>,
-    /// Read an OpenStack config-drive (label `config-2`): a mounted directory, an ISO9660
-    /// image or a block device.
+    /// Read an OpenStack config-drive (label `config-2`): a mounted directory, or an
+    /// image or block device (ISO9660, VFAT or ext2/3/4).
     #[arg(long, value_name = "PATH")]
     pub from_configdrive: Option<PathBuf>,
     /// Download user-data from `cloud-config-url=` on the kernel command line.
@@ -104,12 +104,16 @@ pub struct SourceArgs {
     /// Use an EC2-style metadata service.
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = datasource::EC2_METADATA_URL, require_equals = true)]
     pub from_ec2_metadata: Option<String>,
-    /// Read a NoCloud `cidata` drive: a directory or an ISO9660 image.
+    /// Read a NoCloud `cidata` drive: a directory, or an image or block device (ISO9660,
+    /// VFAT or ext2/3/4).
     #[arg(long, value_name = "PATH")]
     pub from_nocloud: Option<PathBuf>,
     /// Read a QEMU `fw_cfg` entry (`opt/…`), or a path to its `raw` file.
     #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = datasource::DEFAULT_FW_CFG_NAME, require_equals = true)]
     pub from_fw_cfg: Option<String>,
+    /// Host root under which the presets look for devices (`dev/disk/by-label/…`).
+    #[arg(long, value_name = "PATH", default_value = "/", hide = true)]
+    pub host_root: PathBuf,
     /// Datasources of a cloud preset.
     #[arg(long, value_enum)]
     pub oem: Option<Oem>,
@@ -118,14 +122,21 @@ pub struct SourceArgs {
     pub timeout: u64,
 }
 
-/// Config-drive device by label.
-const CONFIG_DRIVE_DEVICE: &str = "/dev/disk/by-label/config-2";
-/// NoCloud device by label.
-const NOCLOUD_DEVICE: &str = "/dev/disk/by-label/cidata";
-
 impl SourceArgs {
     pub fn sources(&self) -> Vec<Source> {
         let mut s = Vec::new();
+        let config_drive = || {
+            Source::ConfigDrive(datasource::by_label_path(
+                &self.host_root,
+                datasource::CONFIG_DRIVE_LABEL,
+            ))
+        };
+        let nocloud = || {
+            Source::NoCloud(datasource::by_label_path(
+                &self.host_root,
+                datasource::NOCLOUD_LABEL,
+            ))
+        };
         if let Some(p) = &self.from_file {
             s.push(Source::File(p.clone()));
         }
@@ -155,16 +166,16 @@ impl SourceArgs {
         match self.oem {
             Some(Oem::Ec2Compat) => {
                 s.push(Source::Ec2(datasource::EC2_METADATA_URL.into()));
-                s.push(Source::ConfigDrive(CONFIG_DRIVE_DEVICE.into()));
+                s.push(config_drive());
             }
-            Some(Oem::Openstack) => s.push(Source::ConfigDrive(CONFIG_DRIVE_DEVICE.into())),
+            Some(Oem::Openstack) => s.push(config_drive()),
             Some(Oem::Qemu) => {
                 s.push(Source::FwCfg(datasource::fw_cfg_path(
                     datasource::DEFAULT_FW_CFG_NAME,
                 )));
-                s.push(Source::NoCloud(NOCLOUD_DEVICE.into()));
+                s.push(nocloud());
             }
-            Some(Oem::Nocloud) => s.push(Source::NoCloud(NOCLOUD_DEVICE.into())),
+            Some(Oem::Nocloud) => s.push(nocloud()),
             None => {}
         }
         s

@@ -13,10 +13,10 @@
 //!    anything the config got wrong; [`apply::execute`] carries it out through
 //!    [`systemd::SystemdManager`] (D-Bus, or unit symlinks written into `--root`).
 //!
-//! Limitations: VFAT config-drive images must be mounted (ISO9660 is read directly);
-//! `coreos_ssh_import_*` keys are reported as deprecated and not fetched; networkd
-//! conversion of provider network config (`--convert-netconf`) is not implemented;
-//! scripts are started, not awaited, as upstream.
+//! Limitations: config-drive and NoCloud media must be ISO9660 or VFAT (read in place)
+//! or ext2/3/4 (mounted read-only, which needs root); `coreos_ssh_import_*` keys are
+//! reported as deprecated and not fetched; networkd conversion of provider network config
+//! (`--convert-netconf`) is not implemented; scripts are started, not awaited, as upstream.
 
 pub mod apply;
 pub mod cli;

@@ -1,4 +1,5 @@
-//! Datasources against loopback HTTP servers and a generated config-drive ISO image.
+//! Datasources against loopback HTTP servers and generated config-drive images: ISO9660
+//! and VFAT (read in place) and ext4 (mounted through a loop device; needs root).
 
 use axum::Router;
 use axum::extract::State;
@@ -445,4 +446,332 @@ async fn nocloud_cidata_and_fw_cfg() {
     .await
     .unwrap();
     assert_eq!(got.user_data, b"#cloud-config\nhostname: fwcfg\n");
+}
+
+fn run_tool(cmd: &mut std::process::Command, package: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} (apt: {package}) must be installed: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A VFAT image built and filled with dosfstools and mtools, never mounted.
+/// `fat_bits` is 12, 16 or 32.
+fn vfat_image(label: &str, fat_bits: u32, files: &[(&str, &str)], out: &std::path::Path) {
+    // FAT32 needs 65525 clusters: one sector per cluster on a 64 MiB (sparse) image.
+    let (size_kib, cluster_sectors) = match fat_bits {
+        32 => ("66000", "1"),
+        16 => ("8192", "1"),
+        _ => ("1024", "4"),
+    };
+    let mut mkfs = std::process::Command::new("mkfs.vfat");
+    mkfs.args([
+        "-C",
+        "-F",
+        &fat_bits.to_string(),
+        "-s",
+        cluster_sectors,
+        "-n",
+        label,
+    ])
+    .arg(out)
+    .arg(size_kib);
+    run_tool(&mut mkfs, "dosfstools");
+    let src = tempfile::tempdir().unwrap();
+    let mut made = std::collections::BTreeSet::new();
+    for (path, content) in files {
+        let mut dir = String::new();
+        for part in path.split('/').collect::<Vec<_>>().split_last().unwrap().1 {
+            dir = format!("{dir}/{part}");
+            if made.insert(dir.clone()) {
+                run_tool(
+                    std::process::Command::new("mmd")
+                        .arg("-i")
+                        .arg(out)
+                        .arg(format!("::{dir}")),
+                    "mtools",
+                );
+            }
+        }
+        let local = src.path().join("f");
+        std::fs::write(&local, content).unwrap();
+        run_tool(
+            std::process::Command::new("mcopy")
+                .arg("-i")
+                .arg(out)
+                .arg(&local)
+                .arg(format!("::/{path}")),
+            "mtools",
+        );
+    }
+}
+
+/// An ext4 image filled from `tree` by `mkfs.ext4 -d`, never mounted by the test.
+fn ext4_image(label: &str, tree: &std::path::Path, out: &std::path::Path) {
+    run_tool(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-L", label, "-d"])
+            .arg(tree)
+            .arg(out)
+            .arg("4M"),
+        "e2fsprogs",
+    );
+}
+
+/// Loop devices (`/dev/loopN`) currently bound to `image`.
+fn loops_backed_by(image: &std::path::Path) -> Vec<String> {
+    let image = image.canonicalize().unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").unwrap() {
+        let entry = entry.unwrap();
+        let backing = entry.path().join("loop/backing_file");
+        if let Ok(b) = std::fs::read_to_string(backing)
+            && std::path::Path::new(b.trim()) == image
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+/// Waits (with a deadline) until no loop device is bound to `image`. A detach is final
+/// only once the device's last opener closes it, and a child process forked by another
+/// test may hold a copy of the descriptor until it execs.
+async fn assert_loops_released(image: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bound = loops_backed_by(image);
+        if bound.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still attached to {bound:?}",
+            image.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `/proc/self/mountinfo` lines of media the datasource mounted (optionally of one
+/// filesystem type).
+fn media_mounts(fs_type: Option<&str>) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(datasource::mount::MOUNT_DIR_PREFIX))
+        .filter(|l| {
+            fs_type.is_none_or(|t| {
+                l.split_once(" - ")
+                    .is_some_and(|(_, rest)| rest.split(' ').next() == Some(t))
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+const DRIVE_FILES: &[(&str, &str)] = &[
+    (
+        "openstack/latest/user_data",
+        "#cloud-config\nhostname: from-drive\n",
+    ),
+    ("openstack/latest/meta_data.json", META),
+];
+
+fn assert_drive_contents(got: &datasource::Fetched) {
+    assert_eq!(got.user_data, b"#cloud-config\nhostname: from-drive\n");
+    assert_eq!(
+        got.metadata.hostname.as_deref(),
+        Some("drive-node.novalocal")
+    );
+    assert_eq!(
+        got.metadata.ssh_public_keys["mykey"],
+        "ssh-rsa AAAAB3DRIVE user@host"
+    );
+}
+
+#[tokio::test]
+async fn config_drive_vfat_image_device_and_discovery() {
+    let client = Client::new(fast_policy()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for bits in [12, 16, 32] {
+        let img = dir.path().join(format!("config-fat{bits}.img"));
+        vfat_image("config-2", bits, DRIVE_FILES, &img);
+        let got = datasource::fetch_first(
+            &[Source::ConfigDrive(img.clone())],
+            &client,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_drive_contents(&got);
+        // VFAT is read in place: no loop device, no mount.
+        assert_loops_released(&img).await;
+        assert_eq!(media_mounts(Some("vfat")), Vec::<String>::new());
+    }
+
+    // A block device: the FAT12 image behind a loop device.
+    let img = dir.path().join("config-fat12.img");
+    let device = keel_cloudinit::datasource::loopdev::LoopDevice::attach_read_only(&img).unwrap();
+    let got = datasource::fetch_first(
+        &[Source::ConfigDrive(device.path().into())],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_drive_contents(&got);
+    drop(device);
+    assert_loops_released(&img).await;
+
+    // `--oem openstack` finds it by label under the host root.
+    let host = tempfile::tempdir().unwrap();
+    let by_label = host.path().join("dev/disk/by-label");
+    std::fs::create_dir_all(&by_label).unwrap();
+    std::os::unix::fs::symlink(&img, by_label.join("config-2")).unwrap();
+    let cli = <keel_cloudinit::Cli as clap::Parser>::try_parse_from([
+        "keel-cloudinit",
+        "validate",
+        "--oem",
+        "openstack",
+        "--host-root",
+        host.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let keel_cloudinit::cli::Command::Validate { sources, .. } = cli.command else {
+        panic!("not validate");
+    };
+    let sources = sources.sources();
+    assert_eq!(
+        sources,
+        vec![Source::ConfigDrive(by_label.join("config-2"))]
+    );
+    let got = datasource::fetch_first(&sources, &client, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_drive_contents(&got);
+
+    // Another label is refused.
+    let other = dir.path().join("other.img");
+    vfat_image("OTHER", 12, DRIVE_FILES, &other);
+    let err = datasource::fetch_first(
+        &[Source::ConfigDrive(other)],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        anyhow_chain(&err).contains("label is \"OTHER\", not \"config-2\""),
+        "{}",
+        anyhow_chain(&err)
+    );
+}
+
+#[tokio::test]
+async fn nocloud_vfat_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("seed.img");
+    vfat_image(
+        "cidata",
+        12,
+        &[
+            ("user-data", "#cloud-config\nhostname: from-nocloud\n"),
+            ("meta-data", "local-hostname: cidata-node\n"),
+        ],
+        &img,
+    );
+    let client = Client::new(fast_policy()).unwrap();
+    let got = datasource::fetch_first(&[Source::NoCloud(img)], &client, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(got.user_data, b"#cloud-config\nhostname: from-nocloud\n");
+    assert_eq!(got.metadata.hostname.as_deref(), Some("cidata-node"));
+}
+
+/// The only test here that mounts: so no other mount of the datasource's can be seen.
+#[tokio::test]
+async fn config_drive_ext4_is_mounted_read_only_and_released() {
+    let client = Client::new(fast_policy()).unwrap();
+    let tree = make_tree(DRIVE_FILES);
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("config.ext4");
+    ext4_image("config-2", tree.path(), &img);
+
+    // An image file goes through a loop device.
+    let got = datasource::fetch_first(
+        &[Source::ConfigDrive(img.clone())],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_drive_contents(&got);
+    assert_eq!(media_mounts(None), Vec::<String>::new());
+    assert_loops_released(&img).await;
+
+    // A block device is mounted directly.
+    let device = keel_cloudinit::datasource::loopdev::LoopDevice::attach_read_only(&img).unwrap();
+    let got = datasource::fetch_first(
+        &[Source::ConfigDrive(device.path().into())],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_drive_contents(&got);
+    assert_eq!(media_mounts(None), Vec::<String>::new());
+    drop(device);
+    assert_loops_released(&img).await;
+
+    // Broken metadata fails the read, and the medium is still released.
+    let bad = make_tree(&[("openstack/latest/meta_data.json", "{not json")]);
+    let bad_img = dir.path().join("bad.ext4");
+    ext4_image("config-2", bad.path(), &bad_img);
+    datasource::fetch_first(
+        &[Source::ConfigDrive(bad_img.clone())],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(media_mounts(None), Vec::<String>::new());
+    assert_loops_released(&bad_img).await;
+
+    // Another label is refused before anything is mounted.
+    let other = dir.path().join("other.ext4");
+    ext4_image("not-config", tree.path(), &other);
+    let err = datasource::fetch_first(
+        &[Source::ConfigDrive(other.clone())],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        anyhow_chain(&err).contains("not \"config-2\""),
+        "{}",
+        anyhow_chain(&err)
+    );
+    assert_loops_released(&other).await;
+
+    // Neither ISO9660, FAT nor ext: refused with a clear error.
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, vec![0u8; 64 * 1024]).unwrap();
+    let err = datasource::fetch_first(
+        &[Source::ConfigDrive(junk)],
+        &client,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        anyhow_chain(&err).contains("not an ISO9660, FAT or ext2/3/4 filesystem"),
+        "{}",
+        anyhow_chain(&err)
+    );
 }

@@ -1,5 +1,6 @@
 //! Arbitrary bytes and arbitrary YAML never panic and always give a report; a config that
-//! validates always plans into an empty root without panicking.
+//! validates always plans into an empty root without panicking; a corrupted VFAT image
+//! never panics the FAT reader.
 
 use proptest::prelude::*;
 
@@ -87,8 +88,60 @@ fn indent(s: &str) -> String {
         .join("\n")
 }
 
+/// A small FAT12 config-drive image (dosfstools and mtools), built once.
+fn vfat_image() -> &'static [u8] {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fat.img");
+        let data = dir.path().join("user_data");
+        std::fs::write(&data, "#cloud-config\nhostname: fat\n").unwrap();
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd
+                .output()
+                .expect("dosfstools and mtools must be installed");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let mtool = |tool: &str| {
+            let mut cmd = std::process::Command::new(tool);
+            cmd.arg("-i").arg(&img);
+            cmd
+        };
+        run(std::process::Command::new("mkfs.vfat")
+            .args(["-C", "-n", "config-2"])
+            .arg(&img)
+            .arg("256"));
+        run(mtool("mmd").args(["::openstack", "::openstack/latest"]));
+        run(mtool("mcopy")
+            .arg(&data)
+            .arg("::openstack/latest/user_data"));
+        std::fs::read(&img).unwrap()
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn corrupted_vfat_never_panics(
+        edits in prop::collection::vec((0usize..16 * 1024, any::<u8>()), 1..24),
+    ) {
+        let mut image = vfat_image().to_vec();
+        for (at, byte) in edits {
+            image[at] = byte;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fat.img");
+        std::fs::write(&path, &image).unwrap();
+        if let Ok(mut fat) = keel_cloudinit::datasource::fat::Fat::open(&path) {
+            let _ = fat.read("openstack/latest/user_data");
+            let _ = fat.read("openstack/latest/meta_data.json");
+        }
+    }
 
     #[test]
     fn arbitrary_bytes_give_a_report(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

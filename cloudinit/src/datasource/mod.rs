@@ -3,9 +3,18 @@
 //! coreos-cloudinit); the first that is available wins; the whole wait has an overall
 //! timeout. A source that is reachable but has no user-data (a metadata service
 //! answering 4xx) yields empty user-data, not an error.
+//!
+//! Config-drive and NoCloud media may be a directory, an image file or a block device.
+//! ISO9660 ([`iso9660`]) and FAT/VFAT ([`fat`]) are read in place, without mounting; an
+//! ext2/3/4 medium is mounted read-only for the read ([`mount`], through [`loopdev`] for
+//! an image file) and unmounted afterwards. The label (`config-2`, `cidata`) is checked
+//! before anything is read or mounted.
 
+pub mod fat;
 pub mod http;
 pub mod iso9660;
+pub mod loopdev;
+pub mod mount;
 
 use crate::metadata::Metadata;
 use http::{Client, Fetch, HttpError};
@@ -27,6 +36,12 @@ pub const EC2_API_VERSION: &str = "2009-04-04";
 pub const DEFAULT_FW_CFG_NAME: &str = "opt/org.keel/user-data";
 /// Where the kernel exposes `fw_cfg` entries.
 pub const FW_CFG_SYSFS: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+/// Filesystem label of an OpenStack config-drive.
+pub const CONFIG_DRIVE_LABEL: &str = "config-2";
+/// Filesystem label of a NoCloud drive.
+pub const NOCLOUD_LABEL: &str = "cidata";
+/// Where udev links filesystems by label, relative to the host root.
+pub const BY_LABEL_DIR: &str = "dev/disk/by-label";
 
 /// A place user-data may come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +50,14 @@ pub enum Source {
     File(PathBuf),
     /// An HTTP(S) URL.
     Url(String),
-    /// A config-drive: a mounted directory, or an ISO9660 image / block device.
+    /// A config-drive: a mounted directory, or an image file or block device
+    /// (ISO9660 and FAT are read directly, ext2/3/4 is mounted read-only).
     ConfigDrive(PathBuf),
     /// `cloud-config-url=` on the kernel command line (the file to read it from).
     ProcCmdline(PathBuf),
     /// An EC2-style metadata service (base URL ending in `/`).
     Ec2(String),
-    /// A NoCloud `cidata` directory or image.
+    /// A NoCloud `cidata` directory, image file or block device.
     NoCloud(PathBuf),
     /// A QEMU `fw_cfg` entry file (`…/by_name/opt/…/raw`).
     FwCfg(PathBuf),
@@ -92,6 +108,12 @@ fn failed(
         source_name: source.name(),
         source: e,
     }
+}
+
+/// The device udev links for filesystem label `label`, under host root `root`
+/// (`/dev/disk/by-label/config-2` on a booted host).
+pub fn by_label_path(root: &Path, label: &str) -> PathBuf {
+    root.join(BY_LABEL_DIR).join(label)
 }
 
 /// The QEMU `fw_cfg` path for `opt/…` name `name`.
@@ -213,20 +235,64 @@ pub fn cmdline_url(cmdline: &str) -> Option<String> {
 
 type Read = Result<Option<(Vec<u8>, Metadata)>, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A directory or an ISO9660 image: a reader of relative paths.
+/// A directory, an ISO9660 or FAT image, or a mounted ext2/3/4 medium: a reader of
+/// relative paths.
+#[derive(Debug)]
 enum Medium {
     Dir(PathBuf),
     Iso(Box<iso9660::Iso>),
+    Fat(Box<fat::Fat>),
+    Mounted {
+        label: String,
+        mounted: mount::Mounted,
+    },
 }
 
 impl Medium {
-    fn open(p: &Path) -> Result<Option<Medium>, Box<dyn std::error::Error + Send + Sync>> {
-        match std::fs::metadata(p) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Box::new(e)),
-            Ok(m) if m.is_dir() => Ok(Some(Medium::Dir(p.to_path_buf()))),
-            Ok(_) => Ok(Some(Medium::Iso(Box::new(iso9660::Iso::open(p)?)))),
+    /// Opens `p`; `None` while it does not exist. A medium whose label is not `label`
+    /// is refused before anything is mounted.
+    fn open(
+        p: &Path,
+        label: &str,
+    ) -> Result<Option<Medium>, Box<dyn std::error::Error + Send + Sync>> {
+        let medium = match std::fs::metadata(p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Box::new(e)),
+            Ok(m) if m.is_dir() => return Ok(Some(Medium::Dir(p.to_path_buf()))),
+            Ok(_) => Self::open_image(p, label)?,
+        };
+        if let Some(found) = medium.label() {
+            check_label(found, label)?;
         }
+        Ok(Some(medium))
+    }
+
+    fn open_image(
+        p: &Path,
+        label: &str,
+    ) -> Result<Medium, Box<dyn std::error::Error + Send + Sync>> {
+        match iso9660::Iso::open(p) {
+            Ok(iso) => return Ok(Medium::Iso(Box::new(iso))),
+            Err(iso9660::IsoError::NotIso) => {}
+            Err(e) => return Err(Box::new(e)),
+        }
+        match fat::Fat::open(p) {
+            Ok(fat) => return Ok(Medium::Fat(Box::new(fat))),
+            Err(fat::FatError::NotFat) => {}
+            Err(e) => return Err(Box::new(e)),
+        }
+        let Some(found) = mount::ext_label(p)? else {
+            return Err(format!(
+                "{} is not an ISO9660, FAT or ext2/3/4 filesystem",
+                p.display()
+            )
+            .into());
+        };
+        check_label(&found, label)?;
+        Ok(Medium::Mounted {
+            label: found,
+            mounted: mount::Mounted::mount(p, mount::EXT_FS_TYPES)?,
+        })
     }
 
     fn read(
@@ -240,6 +306,8 @@ impl Medium {
                 Err(e) => Err(Box::new(e)),
             },
             Medium::Iso(iso) => Ok(iso.read(rel)?),
+            Medium::Fat(fat) => Ok(fat.read(rel)?),
+            Medium::Mounted { mounted, .. } => Ok(mounted.read(rel)?),
         }
     }
 
@@ -247,20 +315,25 @@ impl Medium {
         match self {
             Medium::Dir(_) => None,
             Medium::Iso(iso) => Some(&iso.label),
+            Medium::Fat(fat) => Some(&fat.label),
+            Medium::Mounted { label, .. } => Some(label),
         }
+    }
+}
+
+fn check_label(found: &str, want: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if found.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(format!("image label is {found:?}, not {want:?}").into())
     }
 }
 
 /// OpenStack config-drive: `openstack/latest/user_data` and `meta_data.json`.
 pub fn read_config_drive(p: &Path) -> Read {
-    let Some(mut medium) = Medium::open(p)? else {
+    let Some(mut medium) = Medium::open(p, CONFIG_DRIVE_LABEL)? else {
         return Ok(None);
     };
-    if let Some(label) = medium.label()
-        && !label.eq_ignore_ascii_case("config-2")
-    {
-        return Err(format!("image label is {label:?}, not \"config-2\"").into());
-    }
     let user_data = medium
         .read("openstack/latest/user_data")?
         .unwrap_or_default();
@@ -284,14 +357,9 @@ pub fn read_config_drive(p: &Path) -> Read {
 
 /// NoCloud: `user-data` and `meta-data` (YAML: `local-hostname`, `public-keys`).
 pub fn read_nocloud(p: &Path) -> Read {
-    let Some(mut medium) = Medium::open(p)? else {
+    let Some(mut medium) = Medium::open(p, NOCLOUD_LABEL)? else {
         return Ok(None);
     };
-    if let Some(label) = medium.label()
-        && !label.eq_ignore_ascii_case("cidata")
-    {
-        return Err(format!("image label is {label:?}, not \"cidata\"").into());
-    }
     let user_data = medium.read("user-data")?.unwrap_or_default();
     let mut md = Metadata::default();
     if let Some(meta) = medium.read("meta-data")? {
