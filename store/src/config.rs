@@ -299,7 +299,8 @@ impl EtcdFlags {
         let listen_client = parse_listen_urls("listen-client-urls", &self.listen_client_urls)?;
         let client_cert_auth = match self.client_cert_auth.as_deref() {
             None => false,
-            Some(v) => crate::http::form::parse_bool(v).ok()
+            Some(v) => crate::http::form::parse_bool(v)
+                .ok()
                 .ok_or_else(|| invalid("client-cert-auth", format!("{v:?} is not a boolean")))?,
         };
         let tls = match (&self.cert_file, &self.key_file) {
@@ -314,7 +315,10 @@ impl EtcdFlags {
             (None, Some(_)) => return Err(invalid("cert-file", "is required with --key-file")),
         };
         if listen_client.iter().any(|l| l.https) && tls.is_none() {
-            return Err(invalid("listen-client-urls", "https URLs need --cert-file and --key-file"));
+            return Err(invalid(
+                "listen-client-urls",
+                "https URLs need --cert-file and --key-file",
+            ));
         }
         if client_cert_auth && self.trusted_ca_file.is_none() {
             return Err(invalid("client-cert-auth", "needs --trusted-ca-file"));
@@ -511,7 +515,10 @@ fn parse_listen_urls(flag: &'static str, list: &str) -> Result<Vec<Listen>, Conf
                 )
             })?,
         };
-        addrs.push(Listen { addr: SocketAddr::new(ip, port), https });
+        addrs.push(Listen {
+            addr: SocketAddr::new(ip, port),
+            https,
+        });
     }
     Ok(addrs)
 }
@@ -570,7 +577,13 @@ mod tests {
     fn defaults_match_etcd() {
         let s = parse(&[]).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("default.etcd"));
-        assert_eq!(s.listen_client, vec![Listen { addr: "127.0.0.1:2379".parse().unwrap(), https: false }]);
+        assert_eq!(
+            s.listen_client,
+            vec![Listen {
+                addr: "127.0.0.1:2379".parse().unwrap(),
+                https: false
+            }]
+        );
         assert_eq!(s.snapshot_count, 100_000);
         assert_eq!(s.max_request_bytes, 1_572_864);
     }
@@ -587,7 +600,13 @@ mod tests {
         .unwrap();
         assert_eq!(s.name, "n1");
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(s.listen_client, vec![Listen { addr: "127.0.0.1:1234".parse().unwrap(), https: false }]);
+        assert_eq!(
+            s.listen_client,
+            vec![Listen {
+                addr: "127.0.0.1:1234".parse().unwrap(),
+                https: false
+            }]
+        );
     }
 
     #[test]
@@ -598,10 +617,20 @@ mod tests {
                 .contains("--no-such-flag")
         );
         assert!(
-            parse(&["--cert-file", "x"])
+            parse(&["--auto-tls"])
                 .unwrap_err()
                 .contains("does not support yet")
         );
+        assert!(
+            parse(&["--cert-file", "x"])
+                .unwrap_err()
+                .contains("--key-file")
+        );
+        let https = parse(&["--listen-client-urls", "https://127.0.0.1:1"]).unwrap_err();
+        assert!(https.contains("--cert-file"), "{https}");
+        let tls =
+            parse(&["--cert-file", "c", "--key-file", "k", "--client-cert-auth"]).unwrap_err();
+        assert!(tls.contains("--trusted-ca-file"), "{tls}");
         assert!(
             parse(&["--snapshot-count", "abc"])
                 .unwrap_err()

@@ -7,6 +7,7 @@ pub mod http;
 pub mod norm;
 pub mod pair;
 pub mod server;
+pub mod v3;
 
 pub use http::{Req, Resp};
 pub use pair::{BodyMode, Cmp, Pair, PairWatch, Side};

@@ -4,6 +4,7 @@
 //! that are not clean are redirected as Go's `ServeMux` does.
 
 pub mod form;
+mod h2_authority;
 mod info;
 mod keys;
 
@@ -12,6 +13,7 @@ use crate::engine::Engine;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use h2_authority::AuthorityFix;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -194,7 +196,9 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Dispatch {
 }
 
 /// Serve `service` on `listener` until `shutdown` resolves: HTTP/1.1 (with title-case
-/// header names, as Go's server writes them) and HTTP/2 (gRPC, cleartext or over TLS).
+/// header names, as Go's server writes them) and HTTP/2 (gRPC, cleartext or over TLS),
+/// each connection behind [`AuthorityFix`] so that etcdctl's `:authority: http://…`
+/// requests are served as etcd serves them.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -222,11 +226,15 @@ pub async fn serve(
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().title_case_headers(true);
             let served = match tls {
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(AuthorityFix::new(stream)), service)
+                        .await
+                }
                 Some(acceptor) => match acceptor.accept(stream).await {
                     Ok(tls_stream) => {
                         builder
-                            .serve_connection(TokioIo::new(tls_stream), service)
+                            .serve_connection(TokioIo::new(AuthorityFix::new(tls_stream)), service)
                             .await
                     }
                     Err(e) => {

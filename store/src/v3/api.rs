@@ -121,9 +121,7 @@ impl V3Api {
     }
 
     pub async fn put(&self, r: &PutRequest) -> Result<PutResponse, V3Error> {
-        if r.key.is_empty() {
-            return Err(V3Error::EmptyKey);
-        }
+        check_put(r)?;
         let b = self.check_size(r)?;
         match self.propose(V3Write::Put(b)).await? {
             V3Applied::Put(mut resp) => {
@@ -378,10 +376,10 @@ impl V3Api {
                 alarm: *a,
             })
             .collect();
-        let rev = state.v3.mvcc.revision();
         drop(state);
+        // etcd answers alarms without a header (an empty list is `{}` on the gateway).
         Ok(AlarmResponse {
-            header: self.header(rev),
+            header: None,
             alarms,
         })
     }
@@ -428,6 +426,21 @@ fn is_flat_read_only(ops: &[RequestOp]) -> bool {
     })
 }
 
+/// etcd's `checkPutRequest`: a key, and no value or lease next to `ignore_value` /
+/// `ignore_lease`.
+fn check_put(r: &PutRequest) -> Result<(), V3Error> {
+    if r.key.is_empty() {
+        return Err(V3Error::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(V3Error::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(V3Error::LeaseProvided);
+    }
+    Ok(())
+}
+
 /// etcd's txn validation: op counts and empty keys, nested txns included.
 fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), V3Error> {
     if r.compare.len() > max_ops || r.success.len() > max_ops || r.failure.len() > max_ops {
@@ -443,9 +456,7 @@ fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), V3Error> {
             Some(request_op::Request::RequestRange(x)) if x.key.is_empty() => {
                 return Err(V3Error::EmptyKey);
             }
-            Some(request_op::Request::RequestPut(x)) if x.key.is_empty() => {
-                return Err(V3Error::EmptyKey);
-            }
+            Some(request_op::Request::RequestPut(x)) => check_put(x)?,
             Some(request_op::Request::RequestDeleteRange(x)) if x.key.is_empty() => {
                 return Err(V3Error::EmptyKey);
             }

@@ -10,6 +10,10 @@ pub enum V3Error {
     EmptyKey,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
@@ -43,6 +47,8 @@ impl V3Error {
         match self {
             V3Error::EmptyKey
             | V3Error::KeyNotFound
+            | V3Error::ValueProvided
+            | V3Error::LeaseProvided
             | V3Error::TooManyOps
             | V3Error::DuplicateKey
             | V3Error::RequestTooLarge => Code::InvalidArgument,

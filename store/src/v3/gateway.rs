@@ -135,12 +135,7 @@ async fn dispatch(api: &V3Api, rpc: &str, body: &Bytes) -> Result<Response<Body>
         "maintenance/status" => json(&api.status()),
         "maintenance/alarm" => reply(api.alarm(&parse::<pb::AlarmRequest>(body)?).await),
         "maintenance/hash" => reply(api.hash_kv(&parse::<pb::HashKvRequest>(body)?)),
-        "maintenance/defragment" => {
-            let rev = api.engine.read().v3.mvcc.revision();
-            json(&pb::DefragmentResponse {
-                header: api.header(rev),
-            })
-        }
+        "maintenance/defragment" => json(&pb::DefragmentResponse { header: None }),
         _ => {
             return Err(Status::unimplemented(format!(
                 "unknown gateway method /v3/{rpc}"

@@ -177,10 +177,7 @@ impl maintenance_server::Maintenance for V3Api {
         _r: Request<pb::DefragmentRequest>,
     ) -> GrpcResult<pb::DefragmentResponse> {
         // The keyspace lives in memory and is compacted in place; nothing to defragment.
-        let rev = self.engine.read().v3.mvcc.revision();
-        Ok(Response::new(pb::DefragmentResponse {
-            header: self.header(rev),
-        }))
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
     async fn hash(&self, _r: Request<pb::HashRequest>) -> GrpcResult<pb::HashResponse> {
         ok(V3Api::hash(self))
@@ -415,11 +412,10 @@ impl WatchSession {
         if c.start_revision > 0 && c.start_revision < compacted {
             drop(state);
             self.send(pb::WatchResponse {
-                header,
+                header: Some(pb::ResponseHeader::default()),
                 watch_id: id,
                 canceled: true,
                 compact_revision: compacted,
-                cancel_reason: V3Error::Compacted.to_string(),
                 ..Default::default()
             });
             return;

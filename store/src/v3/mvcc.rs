@@ -402,8 +402,9 @@ impl Mvcc {
                 kv.value = Bytes::new();
             }
         }
+        // The header carries the store's revision, not the one read at.
         Ok(RangeResponse {
-            header: header(rev),
+            header: header(current),
             kvs,
             more,
             count,
@@ -725,7 +726,8 @@ fn set_header_rev(r: &mut ResponseOp, rev: i64) {
     match &mut r.response {
         Some(R::ResponsePut(p)) => p.header = header(rev),
         Some(R::ResponseDeleteRange(d)) => d.header = header(rev),
-        Some(R::ResponseTxn(t)) => t.header = header(rev),
+        // etcd leaves a nested txn's own header empty.
+        Some(R::ResponseTxn(t)) => t.header = Some(ResponseHeader::default()),
         Some(R::ResponseRange(_)) | None => {}
     }
 }
