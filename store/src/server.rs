@@ -66,7 +66,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let engine = open_engine(&settings).await?;
     let tls = match &settings.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?)),
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            files,
+        )?)),
         None => None,
     };
     let mut listeners = Vec::new();

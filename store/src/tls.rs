@@ -50,9 +50,14 @@ pub enum TlsError {
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Certs { path: path.to_path_buf(), source })?;
+        .map_err(|source| TlsError::Certs {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCert { path: path.to_path_buf() });
+        return Err(TlsError::NoCert {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -61,9 +66,12 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|source| TlsError::Key { path: files.key.clone(), source })?;
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Key {
+        path: files.key.clone(),
+        source,
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let mut config = if files.client_cert_auth {
         let ca_path = files.trusted_ca.as_ref().ok_or(TlsError::NoTrustedCa)?;
         let mut roots = rustls::RootCertStore::empty();
@@ -72,8 +80,13 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
-            .map_err(|source| TlsError::Verifier { path: ca_path.clone(), source })?;
-        builder.with_client_cert_verifier(verifier).with_single_cert(chain, key)?
+            .map_err(|source| TlsError::Verifier {
+                path: ca_path.clone(),
+                source,
+            })?;
+        builder
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?
     } else {
         builder.with_no_client_auth().with_single_cert(chain, key)?
     };
