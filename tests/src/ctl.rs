@@ -117,7 +117,12 @@ pub struct LineProc {
 
 impl LineProc {
     pub fn spawn(endpoint: &str, sync: bool, args: &[String]) -> LineProc {
-        let mut child = spawn(endpoint, sync, args);
+        Self::from_command(command(endpoint, sync, args))
+    }
+
+    /// Run `cmd` (stdout and stderr piped) with its stdout lines arriving on a channel.
+    pub fn from_command(mut cmd: std::process::Command) -> LineProc {
+        let mut child = cmd.spawn().expect("spawn etcdctl");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -142,6 +147,20 @@ impl LineProc {
 
     pub fn next_line(&self, timeout: Duration) -> Option<String> {
         self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Collect lines until `n` arrived or `timeout` passed.
+    pub fn take(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// Kill the process and return its stderr.

@@ -650,28 +650,32 @@ impl Pair {
         for n in std::mem::take(&mut self.notes) {
             eprintln!("NOTE {n}\n");
         }
-        if self.failures.is_empty() {
-            return;
-        }
-        let mut s = format!(
-            "\n{} difference(s) between etcd and {} in scenario `{}`:\n\n",
-            self.failures.len(),
-            self.keel.name(),
-            self.name
-        );
-        for f in &self.failures {
-            s.push_str(f);
-            s.push_str("\n\n");
-        }
-        s.push_str(&format!(
-            "--- {} binary {}; log tail:\n{}\n",
-            self.keel.name(),
-            self.keel.server.bin.display(),
-            self.keel.server.log_tail(15)
-        ));
-        self.failures.clear();
-        panic!("{s}");
+        fail_with_differences(&self.name, &self.keel.server, &mut self.failures);
     }
+}
+
+/// Panic with every difference found in `scenario` and the keel-store log tail, if any.
+pub fn fail_with_differences(scenario: &str, keel: &Server, failures: &mut Vec<String>) {
+    if failures.is_empty() {
+        return;
+    }
+    let mut s = format!(
+        "\n{} difference(s) between etcd and {} in scenario `{scenario}`:\n\n",
+        failures.len(),
+        keel.flavor.name(),
+    );
+    for f in failures.iter() {
+        s.push_str(f);
+        s.push_str("\n\n");
+    }
+    s.push_str(&format!(
+        "--- {} binary {}; log tail:\n{}\n",
+        keel.flavor.name(),
+        keel.bin.display(),
+        keel.log_tail(15)
+    ));
+    failures.clear();
+    panic!("{s}");
 }
 
 impl Drop for Pair {

@@ -7,9 +7,7 @@
 //! `KEEL_V3_TRACE=1` prints every compared step (both normalised answers).
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -635,27 +633,7 @@ impl V3Pair {
         for n in std::mem::take(&mut self.notes) {
             eprintln!("NOTE [{}] {n}\n", self.name);
         }
-        if self.failures.is_empty() {
-            return;
-        }
-        let mut s = format!(
-            "\n{} difference(s) between etcd and {} in scenario `{}`:\n\n",
-            self.failures.len(),
-            self.keel.name(),
-            self.name
-        );
-        for f in &self.failures {
-            s.push_str(f);
-            s.push_str("\n\n");
-        }
-        s.push_str(&format!(
-            "--- {} binary {}; log tail:\n{}\n",
-            self.keel.name(),
-            self.keel.server.bin.display(),
-            self.keel.server.log_tail(15)
-        ));
-        self.failures.clear();
-        panic!("{s}");
+        crate::pair::fail_with_differences(&self.name, &self.keel.server, &mut self.failures);
     }
 }
 
@@ -706,72 +684,11 @@ pub fn ctl_run(endpoint: &str, args: &[String], stdin: Option<&str>, timeout: Du
 }
 
 /// A background etcdctl (v3) whose stdout lines arrive on a channel.
-#[derive(Debug)]
-pub struct CtlLines {
-    child: Child,
-    pub lines: Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
+pub type CtlLines = crate::ctl::LineProc;
 
-impl CtlLines {
-    pub fn spawn(endpoint: &str, args: &[String]) -> CtlLines {
-        let mut child = ctl_command(endpoint, args).spawn().expect("spawn etcdctl");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take();
-        let stderr = Some(std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(e) = err.as_mut() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut s);
-            }
-            s
-        }));
-        CtlLines {
-            child,
-            lines: rx,
-            stderr,
-        }
-    }
-
-    /// Collect lines until `n` arrived or `timeout` passed.
-    pub fn take(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => out.push(l),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-
-    /// Kill the process; returns its stderr.
-    pub fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for CtlLines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Start `etcdctl ARGS` (v3) in the background.
+pub fn ctl_lines(endpoint: &str, args: &[String]) -> CtlLines {
+    crate::ctl::LineProc::from_command(ctl_command(endpoint, args))
 }
 
 /// Check the integrity trailer of an etcd snapshot: the last 32 bytes are

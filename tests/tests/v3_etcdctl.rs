@@ -478,12 +478,12 @@ fn v3_etcdctl_watch() {
             let ep = endpoint(side);
             let args = |a: &[&str]| a.iter().map(|x| subst(side, x)).collect::<Vec<_>>();
             watchers.push((
-                CtlLines::spawn(&ep, &args(&["watch", "/w", "--prefix", "--rev={R+3}"])),
-                CtlLines::spawn(
+                v3::ctl_lines(&ep, &args(&["watch", "/w", "--prefix", "--rev={R+3}"])),
+                v3::ctl_lines(
                     &ep,
                     &args(&["watch", "/w/", "--prefix", "--prev-kv", "--rev={R+3}"]),
                 ),
-                CtlLines::spawn(&ep, &args(&["watch", "/w/a", "/w/c", "--rev={R+3}"])),
+                v3::ctl_lines(&ep, &args(&["watch", "/w/a", "/w/c", "--rev={R+3}"])),
             ));
         }
         c.run(&["put", "/w/a", "1"]).await;
@@ -516,7 +516,7 @@ fn v3_etcdctl_watch() {
         let mut outs = Vec::new();
         for (i, side) in [&c.p.etcd, &c.p.keel].into_iter().enumerate() {
             let ep = endpoint(side);
-            let w = CtlLines::spawn(
+            let w = v3::ctl_lines(
                 &ep,
                 &[
                     String::from("watch"),
