@@ -40,7 +40,7 @@ const MAX_BATCH_ENTRIES: usize = 4096;
 const SNAPSHOTS_KEPT: usize = 2;
 /// Term of every entry until Raft arrives.
 const SINGLE_NODE_TERM: u64 = 1;
-const SNAPSHOT_FORMAT: u32 = 2;
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
