@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compare Keel's store with etcd 3.4 (`etcd --enable-v2`) on the etcd v2 keys
 # API, using `keel-store bench` as the load generator for both, and print a
-# markdown table.
+# markdown table. compare-v3.sh does the same for the v3 gRPC API; both use the
+# helpers in lib.sh.
 #
 # Each server is started twice on loopback, with a fresh data dir each time:
 #   A. latency/throughput: put @1 and @16 clients, get @1 and @16 clients,
@@ -25,28 +26,9 @@
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-
-QUICK=0
-ONLY=both
-PORT_BASE=23791
-RAW=""
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --quick) QUICK=1 ;;
-        --only) ONLY="${2:?--only needs etcd or keel}"; shift ;;
-        --port-base) PORT_BASE="${2:?--port-base needs a port}"; shift ;;
-        --raw) RAW="${2:?--raw needs a file}"; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-    shift
-done
-case "$ONLY" in etcd|keel|both) ;; *) echo "--only must be etcd or keel" >&2; exit 2 ;; esac
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-KEEL_STORE="${KEEL_STORE:-$ROOT/target/release/keel-store}"
-read -r -a BENCH <<<"${KEEL_BENCH:-$KEEL_STORE bench}"
-ETCD="${ETCD:-/usr/bin/etcd}"
+# shellcheck source=store/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init "$@"
 
 if [[ $QUICK == 1 ]]; then
     DUR=2s; KV_KEYS=10000; WATCH_PUTS=300; LOAD1=10000; LOAD2=20000
@@ -57,119 +39,12 @@ WATCHERS=100
 LOAD_CLIENTS=16
 READY_TIMEOUT=600 # seconds; a restart with 1M keys can take a while
 
-log() { echo "[compare] $*" >&2; }
-die() { echo "[compare] error: $*" >&2; exit 1; }
-
-# --- prerequisites ----------------------------------------------------------
-if [[ $ONLY != keel && ! -x $ETCD ]]; then
-    log "etcd not found at $ETCD; installing Debian's etcd-server"
-    if [[ $(id -u) == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
-    "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq etcd-server >/dev/null
-    [[ -x $ETCD ]] || ETCD="$(command -v etcd)" || die "etcd-server installed no etcd binary"
-fi
-if [[ $ONLY != etcd && ! -x $KEEL_STORE ]]; then
-    die "keel-store not found at $KEEL_STORE (cargo build --release -p keel-store, or set KEEL_STORE)"
-fi
-[[ -x ${BENCH[0]} ]] || command -v "${BENCH[0]}" >/dev/null ||
-    die "load generator ${BENCH[0]} not found (build keel-store, or set KEEL_BENCH)"
-command -v curl >/dev/null || die "curl is required"
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/keel-compare.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-    if alive; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-declare -A R # results: R[name.metric]=value
-
-# Value of a top-level scalar field in a flat one-line JSON object.
-jget() {
-    local v
-    v="$(sed -n "s/.*\"$2\":\(\"[^\"]*\"\|[^,}]*\).*/\1/p" <<<"$1")"
-    echo "${v:-null}"
-}
-
-# --- server lifecycle ---------------------------------------------------------
-# start NAME BINARY DATADIR CLIENT_PORT PEER_PORT -> sets SERVER_PID
-start() {
-    local name=$1 bin=$2 dir=$3 port=$4 peer=$5
-    "$bin" --enable-v2 --data-dir "$dir" \
-        --listen-client-urls "http://127.0.0.1:$port" \
-        --advertise-client-urls "http://127.0.0.1:$port" \
-        --listen-peer-urls "http://127.0.0.1:$peer" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "default=http://127.0.0.1:$peer" \
-        >>"$WORK/$name.log" 2>&1 &
-    SERVER_PID=$!
-}
-
-# alive: the current server process exists and is not a zombie.
-alive() {
-    [[ -n $SERVER_PID && -r /proc/$SERVER_PID/stat ]] &&
-        ! sed 's/.*) //' "/proc/$SERVER_PID/stat" 2>/dev/null | grep -q '^Z'
-}
-
-# wait_ok NAME URL: poll until GET URL answers 2xx; fails if the server dies.
-wait_ok() {
-    local name=$1 url=$2 deadline=$((SECONDS + READY_TIMEOUT))
-    until curl -sf -o /dev/null --max-time 2 "$url"; do
-        if ! alive; then
-            tail -n 20 "$WORK/$name.log" >&2
-            die "$name exited before becoming ready"
-        fi
-        ((SECONDS < deadline)) || die "$name not ready after ${READY_TIMEOUT}s"
-        sleep 0.01
-    done
-}
-
-# stop: SIGTERM the server and wait; sets STOP_MS to how long the exit took.
-stop() {
-    local t0 t1 n=0
-    t0=$(date +%s%N)
-    kill -TERM "$SERVER_PID"
-    while alive; do
-        sleep 0.01
-        n=$((n + 1))
-        if ((n == 6000)); then
-            log "server ignored SIGTERM for 60s; killing"
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-    done
-    wait "$SERVER_PID" 2>/dev/null || true
-    t1=$(date +%s%N)
-    SERVER_PID=""
-    STOP_MS=$(((t1 - t0) / 1000000))
-}
-
-# bench NAME LABEL PORT ARGS...: run the load generator, keep its JSON report.
-bench() {
-    local name=$1 label=$2 port=$3 out
-    shift 3
-    log "$name: $label"
-    out="$("${BENCH[@]}" --endpoint "http://127.0.0.1:$port" --pid "$SERVER_PID" \
-        --format json "$@")" || die "$name: bench $label failed"
-    [[ -n $RAW ]] && printf '%s\n' "$out" >>"$RAW"
-    J[$label]=$out
-}
-declare -A J
-
-ms() { [[ $1 == null ]] && echo "-" || awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
-mib() { [[ $1 == null ]] && echo "-" || awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
-num() { [[ $1 == null ]] && echo "-" || awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-
 run_server() {
     local name=$1 bin=$2 port=$3 peer=$4 j
     J=()
 
     # A: latency / throughput on a fresh server.
-    start "$name" "$bin" "$WORK/$name-a" "$port" "$peer"
+    start "$name" "$bin" "$WORK/$name-a" "$port" "$peer" --enable-v2
     wait_ok "$name" "http://127.0.0.1:$port/v2/keys/"
     R[$name.version]="$(curl -s "http://127.0.0.1:$port/version" | sed -n 's/.*"etcdserver":"\([^"]*\)".*/\1/p')"
     bench "$name" put1 "$port" --workload put --clients 1 --duration "$DUR" --key-space "$KV_KEYS" --prefix bench/put
@@ -181,7 +56,7 @@ run_server() {
 
     # B: memory after bulk loads, then restart time.
     local dir="$WORK/$name-b" last
-    start "$name" "$bin" "$dir" "$port" "$peer"
+    start "$name" "$bin" "$dir" "$port" "$peer" --enable-v2
     wait_ok "$name" "http://127.0.0.1:$port/v2/keys/"
     bench "$name" load1 "$port" --workload load --clients "$LOAD_CLIENTS" --key-space "$LOAD1" --prefix bench/data
     bench "$name" load2 "$port" --workload load --clients "$LOAD_CLIENTS" --key-start "$LOAD1" \
@@ -192,11 +67,11 @@ run_server() {
     last="$(printf 'bench/data/k%08d' $((LOAD2 - 1)))"
     local t0 t1
     t0=$(date +%s%N)
-    start "$name" "$bin" "$dir" "$port" "$peer"
+    start "$name" "$bin" "$dir" "$port" "$peer" --enable-v2
     wait_ok "$name" "http://127.0.0.1:$port/v2/keys/$last"
     t1=$(date +%s%N)
     R[$name.restart_ms]=$(((t1 - t0) / 1000000))
-    R[$name.restart_rss]="$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")"
+    R[$name.restart_rss]="$(rss_kib)"
     stop
 
     for b in put1 put16 get1 get16; do
@@ -218,7 +93,6 @@ run_server() {
     R[$name.restart_rss]="$(mib "${R[$name.restart_rss]:-null}")"
 }
 
-NAMES=()
 if [[ $ONLY != keel ]]; then
     run_server etcd "$ETCD" "$PORT_BASE" "$((PORT_BASE + 10))"
     NAMES+=(etcd)
@@ -229,28 +103,13 @@ if [[ $ONLY != etcd ]]; then
 fi
 
 # --- report -------------------------------------------------------------------
-k() { awk -v n="$1" 'BEGIN { if (n >= 1000000 && n % 1000000 == 0) printf "%dM", n / 1000000; else if (n >= 1000 && n % 1000 == 0) printf "%dk", n / 1000; else print n }'; }
-row() {
-    local label=$1 metric=$2 line
-    line="| $label |"
-    for n in "${NAMES[@]}"; do line+=" ${R[$n.$metric]:--} |"; done
-    echo "$line"
-}
-
 mode="full"
 [[ $QUICK == 1 ]] && mode="quick (smoke test; numbers are not comparable to a full run)"
 echo "## etcd v2 API: $(printf '%s vs ' "${NAMES[@]}" | sed 's/ vs $//')"
 echo
 echo "Mode: $mode. $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, loopback, load generator on the same machine; ${DUR} runs, 256-byte values, closed loop (one request in flight per client)."
 echo
-header="| benchmark |"
-sep="|---|"
-for n in "${NAMES[@]}"; do
-    if [[ $n == etcd ]]; then header+=" etcd ${R[etcd.version]} |"; else header+=" keel |"; fi
-    sep+="---:|"
-done
-echo "$header"
-echo "$sep"
+table_header
 row "put, 1 client: ops/s" put1.ops
 row "put, 1 client: p50 / p99 latency (ms)" put1.lat
 row "put, 16 clients: ops/s" put16.ops

@@ -9,15 +9,23 @@ use serde::Serialize;
 
 use super::hist::Histogram;
 use super::procstat::ProcSample;
-use super::{BenchArgs, Format, kv, watch};
+use super::{Api, BenchArgs, Format, closed_loop, watch};
 
 /// One run's numbers.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// `v2` or `v3`.
+    api: &'static str,
     workload: &'static str,
     endpoint: String,
     /// Concurrent clients (1 writer for `watch`).
     clients: u64,
+    /// v3: HTTP/2 connections shared by the clients / watch streams.
+    conns: Option<u64>,
+    /// v3 watch: watch streams.
+    streams: Option<u64>,
+    /// keepalive: leases kept alive.
+    leases: Option<u64>,
     value_size: usize,
     key_space: u64,
     /// Requests completed (ok + errors); writer puts for `watch`.
@@ -41,6 +49,12 @@ pub struct Report {
     events_expected: Option<u64>,
     events_delivered: Option<u64>,
     events_missed: Option<u64>,
+    /// v3: events received more than once.
+    events_duplicated: Option<u64>,
+    /// v3: events received after one with a higher revision.
+    events_out_of_order: Option<u64>,
+    /// v3: events for revisions the writer never produced.
+    events_unexpected: Option<u64>,
     events_per_sec: Option<f64>,
     delivery_p50_us: Option<u64>,
     delivery_p90_us: Option<u64>,
@@ -63,9 +77,16 @@ fn round2(x: f64) -> f64 {
 impl Report {
     fn base(workload: &'static str, args: &BenchArgs, clients: u64, h: &Histogram) -> Self {
         Self {
+            api: match args.api {
+                Api::V2 => "v2",
+                Api::V3 => "v3",
+            },
             workload,
             endpoint: args.endpoint.clone(),
             clients,
+            conns: None,
+            streams: None,
+            leases: None,
             value_size: args.value_size,
             key_space: args.key_space,
             ops: 0,
@@ -87,6 +108,9 @@ impl Report {
             events_expected: None,
             events_delivered: None,
             events_missed: None,
+            events_duplicated: None,
+            events_out_of_order: None,
+            events_unexpected: None,
             events_per_sec: None,
             delivery_p50_us: None,
             delivery_p90_us: None,
@@ -98,8 +122,8 @@ impl Report {
         }
     }
 
-    /// Report for put/get/load.
-    pub fn from_kv(workload: &'static str, args: &BenchArgs, o: &kv::Outcome) -> Self {
+    /// Report for the closed-loop workloads (put/get/range/txn/keepalive/load).
+    pub fn from_kv(workload: &'static str, args: &BenchArgs, o: &closed_loop::Outcome) -> Self {
         Self {
             ops: o.ok + o.errors,
             errors: o.errors,
@@ -122,16 +146,34 @@ impl Report {
             events_expected: Some(o.expected),
             events_delivered: Some(o.delivered),
             events_missed: Some(o.missed),
+            events_duplicated: o.duplicated,
+            events_out_of_order: o.out_of_order,
+            events_unexpected: o.unexpected,
             events_per_sec: Some(round2(per_sec(o.delivered, o.delivery_elapsed))),
             delivery_p50_us: Some(d.percentile(50.0)),
             delivery_p90_us: Some(d.percentile(90.0)),
             delivery_p99_us: Some(d.percentile(99.0)),
             delivery_max_us: Some(d.max()),
-            history_cleared: Some(o.history_cleared),
+            history_cleared: o.history_cleared,
             watch_errors: Some(o.watch_errors),
             error_samples: o.error_samples.clone(),
             ..Self::base("watch", args, 1, &o.put_hist)
         }
+    }
+
+    /// Records the v3 connection count.
+    pub fn set_conns(&mut self, n: u64) {
+        self.conns = Some(n);
+    }
+
+    /// Records the v3 watch stream count.
+    pub fn set_streams(&mut self, n: u64) {
+        self.streams = Some(n);
+    }
+
+    /// Records how many leases a keepalive run kept alive.
+    pub fn set_leases(&mut self, n: u64) {
+        self.leases = Some(n);
     }
 
     /// Adds the server's memory after the run and CPU used during it.
@@ -177,10 +219,24 @@ impl Report {
     fn write_text(&self, s: &mut String) -> std::fmt::Result {
         use std::fmt::Write as _;
         let ms = |us: u64| us as f64 / 1000.0;
+        write!(
+            s,
+            "{} {}  endpoint {}  clients {}",
+            self.api, self.workload, self.endpoint, self.clients
+        )?;
+        if let Some(c) = self.conns {
+            write!(s, "  conns {c}")?;
+        }
+        if let Some(st) = self.streams {
+            write!(s, "  streams {st}")?;
+        }
+        if let Some(l) = self.leases {
+            write!(s, "  leases {l}")?;
+        }
         writeln!(
             s,
-            "workload {}  endpoint {}  clients {}  value {}B  key space {}",
-            self.workload, self.endpoint, self.clients, self.value_size, self.key_space
+            "  value {}B  key space {}",
+            self.value_size, self.key_space
         )?;
         let what = if self.workload == "watch" {
             "puts"
@@ -213,16 +269,25 @@ impl Report {
                 "  fan-out   {w} watchers: {del}/{exp} events delivered, {missed} missed, {:.1} events/s",
                 self.events_per_sec.unwrap_or(0.0)
             )?;
-            writeln!(
+            write!(
                 s,
-                "  delivery  p50 {:.3}ms  p90 {:.3}ms  p99 {:.3}ms  max {:.3}ms  (history cleared {}, watch errors {})",
+                "  delivery  p50 {:.3}ms  p90 {:.3}ms  p99 {:.3}ms  max {:.3}ms  (",
                 ms(self.delivery_p50_us.unwrap_or(0)),
                 ms(self.delivery_p90_us.unwrap_or(0)),
                 ms(self.delivery_p99_us.unwrap_or(0)),
                 ms(self.delivery_max_us.unwrap_or(0)),
-                self.history_cleared.unwrap_or(0),
-                self.watch_errors.unwrap_or(0)
             )?;
+            if let Some(c) = self.history_cleared {
+                write!(s, "history cleared {c}, ")?;
+            }
+            if let (Some(d), Some(o), Some(u)) = (
+                self.events_duplicated,
+                self.events_out_of_order,
+                self.events_unexpected,
+            ) {
+                write!(s, "duplicated {d}, out of order {o}, unexpected {u}, ")?;
+            }
+            writeln!(s, "watch errors {})", self.watch_errors.unwrap_or(0))?;
         }
         if let (Some(pid), Some(rss), Some(hwm)) =
             (self.server_pid, self.server_rss_kib, self.server_hwm_kib)

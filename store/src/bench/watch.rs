@@ -1,6 +1,7 @@
-//! Watch fan-out: W watchers long-poll one key with
-//! `?wait=true&waitIndex=N` (re-arming at `modifiedIndex + 1` after each
-//! event) while a single closed-loop writer PUTs to that key.
+//! v2 watch fan-out (and the [`Outcome`] shared with the v3 fan-out): W
+//! watchers long-poll one key with `?wait=true&waitIndex=N` (re-arming at
+//! `modifiedIndex + 1` after each event) while a single closed-loop writer
+//! PUTs to that key.
 //!
 //! Delivery latency is `watcher received - writer's PUT acknowledged`,
 //! clamped at 0 (a server may notify watchers before answering the writer).
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::client::{Conn, Endpoint};
+use super::closed_loop::MAX_ERROR_SAMPLES;
 use super::hist::Histogram;
 use super::kv::describe_status;
 
@@ -60,10 +62,17 @@ pub struct Outcome {
     pub delivery_hist: Histogram,
     /// First put sent -> last event delivered.
     pub delivery_elapsed: Duration,
-    /// errorCode 401 (history cleared) answers seen by watchers.
-    pub history_cleared: u64,
-    /// Other watch request failures.
+    /// errorCode 401 (history cleared) answers seen by watchers (v2 only).
+    pub history_cleared: Option<u64>,
+    /// Other watch request failures (v3: canceled watchers, broken streams).
     pub watch_errors: u64,
+    /// Events received again (v3 checks exactly-once delivery; v2 re-arms
+    /// past each index, so it cannot see duplicates).
+    pub duplicated: Option<u64>,
+    /// Events received after one with a higher revision (v3 only).
+    pub out_of_order: Option<u64>,
+    /// Events for revisions the writer never produced (v3 only).
+    pub unexpected: Option<u64>,
     /// A few distinct error messages.
     pub error_samples: Vec<String>,
 }
@@ -94,7 +103,6 @@ const EVENT_INDEX_CLEARED: u64 = 401;
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// Time allowed for all watchers to arm before the first write.
 const ARM_TIME: Duration = Duration::from_millis(200);
-const MAX_ERROR_SAMPLES: usize = 3;
 
 /// Published when the writer finishes: last index written and the deadline
 /// by which watchers must have caught up.
@@ -288,14 +296,17 @@ pub async fn run(endpoint: &Endpoint, plan: &Plan) -> anyhow::Result<Outcome> {
         missed: 0,
         delivery_hist: Histogram::new(),
         delivery_elapsed: Duration::ZERO,
-        history_cleared: 0,
+        history_cleared: Some(0),
         watch_errors: 0,
+        duplicated: None,
+        out_of_order: None,
+        unexpected: None,
         error_samples,
     };
     let mut last_recv = start;
     for t in tasks {
         let w = t.await?;
-        out.history_cleared += w.cleared;
+        *out.history_cleared.get_or_insert(0) += w.cleared;
         out.watch_errors += w.errors;
         for s in w.error_samples {
             if out.error_samples.len() < MAX_ERROR_SAMPLES && !out.error_samples.contains(&s) {
