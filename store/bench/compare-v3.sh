@@ -120,6 +120,7 @@ run_server() {
         j=${J[$b]}
         R[$name.$b.rate]=$(num "$(jget "$j" ops_per_sec)")
         R[$name.$b.rss]="$(mib "$(jget "$j" server_rss_kib)") / $(mib "$(jget "$j" server_hwm_kib)")"
+        R[$name.$b.max]="$(ms "$(jget "$j" max_us)")"
         R[$name.$b.err]=$(jget "$j" errors)
     done
     R[$name.bpk]=$(awk -v k="$(jget "${J[load2]}" server_rss_kib)" -v n="$LOAD2" 'BEGIN { printf "%.0f", k * 1024 / n }')
@@ -167,9 +168,11 @@ row "lease keep-alive, 16 streams, $LEASES leases: keep-alives/s" keepalive.ops
 row "keep-alive: p50 / p99 latency (ms)" keepalive.lat
 row "keep-alive: server CPU per op (µs)" keepalive.cpu
 row "bulk load of $(k "$LOAD1") keys, $LOAD_CLIENTS clients / $LOAD_CONNS conns: keys/s" load1.rate
+row "bulk load of $(k "$LOAD1") keys: max put latency (ms)" load1.max
 row "RSS / peak after $(k "$LOAD1") keys (MiB)" load1.rss
 row "data dir with $(k "$LOAD1") keys (MiB)" du1
 row "bulk load from $(k "$LOAD1") to $(k "$LOAD2") keys: keys/s" load2.rate
+row "bulk load to $(k "$LOAD2") keys: max put latency (ms)" load2.max
 row "RSS / peak after $(k "$LOAD2") keys (MiB)" load2.rss
 row "RSS per key after $(k "$LOAD2") keys (bytes)" bpk
 row "data dir with $(k "$LOAD2") keys (MiB)" du2
