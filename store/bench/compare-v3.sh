@@ -11,9 +11,10 @@
 #   B. memory and recovery: bulk load of 1M keys then up to 2M keys (256-byte
 #      values), RSS / peak RSS and data dir size after each, then SIGTERM and
 #      restart with 2M keys, timed until a range of the last key returns it.
-# etcd runs v3-only with --quota-backend-bytes 8 GiB: its default 2 GiB quota
-# would raise the NOSPACE alarm before 2M keys are in. keel-store has no quota
-# flag (its keyspace lives in memory, the data dir holds WAL + snapshots).
+# etcd runs v3-only with --quota-backend-bytes 8 GiB so its backend quota
+# (default 2 GiB; NOSPACE alarm when crossed) never stops the 2M-key load.
+# keel-store has no quota flag (its keyspace lives in memory, the data dir holds
+# WAL + snapshots).
 #
 # Usage: store/bench/compare-v3.sh [--quick] [--only etcd|keel]
 #                                  [--port-base N] [--raw FILE]

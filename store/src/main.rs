@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Drive any etcd v2 endpoint with load and report throughput, latency and memory.
+    /// Drive any etcd endpoint (v2 HTTP or v3 gRPC) with load and report throughput, latency and memory.
     Bench(keel_store::bench::BenchArgs),
     /// Work with backups taken by `etcdctl snapshot save` (the Snapshot RPC).
     #[command(subcommand)]
