@@ -90,43 +90,55 @@ pub fn etcdctl_bin() -> PathBuf {
     p
 }
 
-/// Locate the keel-store binary: `$KEEL_STORE_BIN`, else next to the test
-/// executable's target dir (`<target>/<profile>/keel-store`), else the
-/// workspace's `target/debug` / `target/release`. Panics if none exists.
+/// Locate the keel-store binary (`$KEEL_STORE_BIN` or the workspace's target dirs).
 pub fn keel_store_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("KEEL_STORE_BIN") {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "KEEL_STORE_BIN={} is not a file", p.display());
-            return p;
-        }
-        let mut candidates = Vec::new();
-        if let Ok(exe) = std::env::current_exe() {
-            // <target>/<profile>/deps/<test>-<hash>
-            if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-                candidates.push(profile_dir.join("keel-store"));
-                if let Some(target) = profile_dir.parent() {
-                    candidates.push(target.join("debug").join("keel-store"));
-                    candidates.push(target.join("release").join("keel-store"));
-                }
+    BIN.get_or_init(|| workspace_bin("keel-store", "KEEL_STORE_BIN"))
+        .clone()
+}
+
+/// Locate the keel-locksmith binary (`$KEEL_LOCKSMITH_BIN` or the workspace's target dirs).
+pub fn keel_locksmith_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("keel-locksmith", "KEEL_LOCKSMITH_BIN"))
+        .clone()
+}
+
+/// Locate a workspace binary: `$<env_var>`, else next to the test executable's target dir
+/// (`<target>/<profile>/<name>`), else the workspace's `target/debug` / `target/release`.
+/// Panics if none exists.
+pub fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env_var}={} is not a file", p.display());
+        return p;
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // <target>/<profile>/deps/<test>-<hash>
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join(name));
+            if let Some(target) = profile_dir.parent() {
+                candidates.push(target.join("debug").join(name));
+                candidates.push(target.join("release").join(name));
             }
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace dir").to_path_buf();
-        candidates.push(workspace.join("target/debug/keel-store"));
-        candidates.push(workspace.join("target/release/keel-store"));
-        for c in &candidates {
-            if c.is_file() {
-                return c.clone();
-            }
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace dir")
+        .to_path_buf();
+    candidates.push(workspace.join("target/debug").join(name));
+    candidates.push(workspace.join("target/release").join(name));
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
         }
-        panic!(
-            "keel-store binary not found. Build it (`cargo build -p keel-store` in the workspace) or set \
-             KEEL_STORE_BIN=/path/to/keel-store (or KEEL_CONFORMANCE_PEER=etcd to compare etcd with itself). \
-             Looked at: {candidates:#?}"
-        );
-    })
-    .clone()
+    }
+    panic!(
+        "{name} binary not found. Build it (`cargo build --workspace --bins`) or set \
+         {env_var}=/path/to/{name}. Looked at: {candidates:#?}"
+    );
 }
 
 /// A free loopback port (bind port 0, read it, release it).
