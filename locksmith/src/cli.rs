@@ -86,6 +86,7 @@ pub enum Command {
     Unlock { id: Option<String> },
     /// Set the number of hosts that may reboot at once.
     SetMax {
+        #[arg(allow_negative_numbers = true)]
         max: i64,
         /// Allow a max below the current number of holders (no grants until they release).
         #[arg(long)]

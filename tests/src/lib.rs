@@ -3,6 +3,7 @@
 //! an etcdctl runner. Used by the conformance suites in `tests/`.
 
 pub mod ctl;
+pub mod dbus;
 pub mod http;
 pub mod norm;
 pub mod pair;
