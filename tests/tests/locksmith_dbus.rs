@@ -197,7 +197,7 @@ fn reboots_once_through_logind_only_when_allowed() {
         let view = g.view().await.unwrap();
         assert_eq!(
             view.semaphore.as_ref().unwrap().value.holders(),
-            [host.id.clone()]
+            std::slice::from_ref(&host.id)
         );
         let holder = &view.holder(&host.id).unwrap().value;
         assert_eq!(holder.state.as_str(), "rebooting");

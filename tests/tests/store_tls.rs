@@ -247,3 +247,64 @@ fn tls_without_client_auth_serves_any_client() {
     let get = ctl3(&url, &pki, None, &["get", "a", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "1");
 }
+
+fn locksmith(url: &str, env: &[(&str, String)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(keel_tests::server::keel_locksmith_bin());
+    cmd.args(["--endpoint", url]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args).output().unwrap()
+}
+
+#[test]
+fn locksmith_over_mutual_tls_and_ca_only() {
+    let pki = Pki::new();
+    let (_server, url, _data) = start(&pki, true);
+    wait_healthy(&url, &pki, Some("client"));
+    // locksmith's flags.
+    let tls = [
+        "--etcd-cafile",
+        &pki.file("ca.crt"),
+        "--etcd-certfile",
+        &pki.file("client.crt"),
+        "--etcd-keyfile",
+        &pki.file("client.key"),
+    ];
+    let lock = locksmith(&url, &[], &[&tls[..], &["lock", "m1"]].concat());
+    assert!(
+        lock.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lock.stderr)
+    );
+    // locksmithctl's environment variables.
+    let env = [
+        ("LOCKSMITHCTL_ETCD_CAFILE", pki.file("ca.crt")),
+        ("LOCKSMITHCTL_ETCD_CERTFILE", pki.file("client.crt")),
+        ("LOCKSMITHCTL_ETCD_KEYFILE", pki.file("client.key")),
+    ];
+    let status = locksmith(&url, &env, &["status"]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        out.starts_with("Available: 0\nMax: 1\n\nMACHINE ID\nm1\n"),
+        "{out}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // Without a client certificate the store refuses; the error says where it went.
+    let anon = locksmith(&url, &[env[0].clone()], &["status"]);
+    assert!(!anon.status.success());
+    // A certificate without its key is a configuration error.
+    let half = locksmith(&url, &[env[0].clone(), env[1].clone()], &["status"]);
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--etcd-certfile and --etcd-keyfile"));
+
+    // CA only (server-verified TLS) works against a store without client auth, which
+    // locksmith could not do (Flatcar #948).
+    let (_server2, url2, _data2) = start(&pki, false);
+    wait_healthy(&url2, &pki, None);
+    let ok = locksmith(&url2, &[env[0].clone()], &["lock", "m2"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
