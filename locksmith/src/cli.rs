@@ -578,6 +578,24 @@ mod tests {
     }
 
     #[test]
+    fn shipped_update_conf_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/coreos")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/coreos/update.conf"),
+            include_str!("../dist/update.conf"),
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["keel-locksmith", "daemon", "--root", dir.path().to_str().unwrap()]);
+        let Command::Daemon(a) = &cli.command else { panic!() };
+        let cfg = daemon_config(&cli.global, a, Vec::new()).unwrap();
+        assert_eq!(cfg.strategy, Strategy::EtcdLock);
+        assert_eq!(cfg.group, "workers");
+        assert!(cfg.window.is_some());
+        assert_eq!(cfg.store.endpoints, ["http://127.0.0.1:2379"]);
+    }
+
+    #[test]
     fn bad_strategy_names_its_source() {
         let dir = tempfile::tempdir().unwrap();
         let cli = Cli::parse_from([

@@ -259,3 +259,48 @@ fn keel_fleetlock_client_against_the_server() {
         assert!(FleetLockClient::new("ftp://x".into(), "default".into(), "h".into()).is_err());
     });
 }
+
+#[test]
+fn daemon_with_strategy_fleet_lock() {
+    run(|| async {
+        let f = start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let host = keel_locksmith::sim::SimHost::create(dir.path(), 0).unwrap();
+        let daemon = || {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(host.root.join("daemon.log"))
+                .unwrap();
+            tokio::process::Command::new(keel_locksmith_bin())
+                .args(["daemon", "--no-dbus", "--reboot-method", "exit", "--root"])
+                .arg(&host.root)
+                .args(["--strategy", "fleet-lock", "--endpoint", &f.base])
+                .args(["--retry-interval", "200ms", "--login-delay", "0s"])
+                .env("LOCKSMITHD_FLEETLOCK_GROUP", "workers")
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let status = tokio::time::timeout(Duration::from_secs(30), daemon().wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(75), "{}", host.log());
+        let key = "coreos.com/updateengine/rebootlock/groups/workers/semaphore";
+        assert_eq!(
+            semaphore(&f.etcd, key).await,
+            format!(r#"{{"semaphore":0,"max":1,"holders":["{}"]}}"#, host.id)
+        );
+        // Back up on the target version: steady-state releases the slot.
+        host.new_boot(keel_locksmith::sim::TARGET_VERSION).unwrap();
+        let mut d = daemon();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while semaphore(&f.etcd, key).await != r#"{"semaphore":1,"max":1,"holders":[]}"# {
+            assert!(std::time::Instant::now() < deadline, "not released:\n{}", host.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = d.start_kill();
+    });
+}
