@@ -586,8 +586,15 @@ mod tests {
             include_str!("../dist/update.conf"),
         )
         .unwrap();
-        let cli = Cli::parse_from(["keel-locksmith", "daemon", "--root", dir.path().to_str().unwrap()]);
-        let Command::Daemon(a) = &cli.command else { panic!() };
+        let cli = Cli::parse_from([
+            "keel-locksmith",
+            "daemon",
+            "--root",
+            dir.path().to_str().unwrap(),
+        ]);
+        let Command::Daemon(a) = &cli.command else {
+            panic!()
+        };
         let cfg = daemon_config(&cli.global, a, Vec::new()).unwrap();
         assert_eq!(cfg.strategy, Strategy::EtcdLock);
         assert_eq!(cfg.group, "workers");

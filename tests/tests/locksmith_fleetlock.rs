@@ -298,7 +298,11 @@ fn daemon_with_strategy_fleet_lock() {
         let mut d = daemon();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while semaphore(&f.etcd, key).await != r#"{"semaphore":1,"max":1,"holders":[]}"# {
-            assert!(std::time::Instant::now() < deadline, "not released:\n{}", host.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not released:\n{}",
+                host.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = d.start_kill();
