@@ -1,0 +1,69 @@
+//! Keel's disk layout: Flatcar's partition numbers, labels and type GUIDs, so `cgpt`,
+//! `sgdisk` and Flatcar's tooling read a Keel disk the same way.
+
+/// Partition numbers.
+pub const EFI_SYSTEM: u32 = 1;
+pub const BIOS_BOOT: u32 = 2;
+pub const USR_A: u32 = 3;
+pub const USR_B: u32 = 4;
+pub const OEM: u32 = 6;
+pub const ROOT: u32 = 9;
+
+/// Type GUIDs (as written by `sgdisk -t` / shown by `sgdisk -i`).
+pub const EFI_SYSTEM_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+/// Flatcar's "rootfs" type, used for both USR slots.
+pub const USR_TYPE: &str = "5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6";
+pub const OEM_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// Flatcar's "resize" type: ROOT, grown to the disk on first boot.
+pub const ROOT_TYPE: &str = "3884DD41-8582-4404-B9A8-E9B84F2DF50E";
+/// The USR slots' fixed partition GUIDs (Flatcar's).
+pub const USR_A_UUID: &str = "7130C94A-213A-4E5A-8E26-6CCE9662F132";
+pub const USR_B_UUID: &str = "E03DD35C-7C2D-4A47-B3FE-27F15780A57C";
+
+/// A GUID string → the 16 bytes GPT stores (first three fields little-endian).
+pub fn guid_bytes(s: &str) -> Option<[u8; 16]> {
+    let hexs: String = s.chars().filter(|c| *c != '-').collect();
+    if hexs.len() != 32 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hexs[2 * i..2 * i + 2], 16).ok()?;
+    }
+    b[0..4].reverse();
+    b[4..6].reverse();
+    b[6..8].reverse();
+    Some(b)
+}
+
+/// The 16 stored bytes → the upper-case GUID string.
+pub fn guid_string(b: &[u8; 16]) -> String {
+    let mut b = *b;
+    b[0..4].reverse();
+    b[4..6].reverse();
+    b[6..8].reverse();
+    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_round_trip_mixed_endian() {
+        let b = guid_bytes(EFI_SYSTEM_TYPE).unwrap();
+        assert_eq!(b[..4], [0x28, 0x73, 0x2a, 0xc1]);
+        assert_eq!(guid_string(&b), EFI_SYSTEM_TYPE);
+        assert_eq!(guid_string(&guid_bytes(USR_A_UUID).unwrap()), USR_A_UUID);
+        assert!(guid_bytes("xyz").is_none());
+    }
+}
