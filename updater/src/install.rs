@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Progress is made durable at least this often.
-pub const SYNC_BYTES: u64 = 64 << 20;
+pub const SYNC_BYTES: u64 = 8 << 20;
 /// Consecutive failed attempts at one chunk before giving up (the install stays resumable).
 pub const MAX_ATTEMPTS: u32 = 8;
 
@@ -168,8 +168,8 @@ pub async fn verify_source(
     slot_size: u64,
 ) -> Result<(Header, Manifest, u64), InstallError> {
     let what = source.name();
-    let total = source.total_len().await?;
-    let prefix = source.read(0, payload::PREFIX_LEN.min(total)).await?;
+    let total = fetch_retry(|| source.total_len()).await?;
+    let prefix = read_retry(source, 0, payload::PREFIX_LEN.min(total)).await?;
     let mlen = payload::manifest_len(&what, &prefix)? as u64;
     let need = payload::PREFIX_LEN + mlen + 4;
     if total < need {
@@ -181,7 +181,7 @@ pub async fn verify_source(
         .into());
     }
     let mut head = prefix;
-    head.extend(source.read(payload::PREFIX_LEN, mlen + 4).await?);
+    head.extend(read_retry(source, payload::PREFIX_LEN, mlen + 4).await?);
     let slen = payload::signatures_len(&what, &head[(need - 4) as usize..])? as u64;
     if total < need + slen {
         return Err(PayloadError::ShortHeader {
@@ -191,7 +191,7 @@ pub async fn verify_source(
         }
         .into());
     }
-    head.extend(source.read(need, slen).await?);
+    head.extend(read_retry(source, need, slen).await?);
     let header = Header::parse(&what, &head)?;
     let trusted = TrustedKeys::load(&host.root)?;
     let policy = Policy {
@@ -217,6 +217,28 @@ pub async fn verify_source(
         .into());
     }
     Ok((header, manifest, total))
+}
+
+/// Runs a fetch, retrying transient failures like the chunk loop does.
+async fn fetch_retry<T, F, Fut>(mut f: F) -> Result<T, InstallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, FetchError>>,
+{
+    let mut attempts = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                attempts += 1;
+                retry_or_give_up(0, attempts, e.into()).await?;
+            }
+        }
+    }
+}
+
+async fn read_retry(source: &Source, start: u64, len: u64) -> Result<Vec<u8>, InstallError> {
+    fetch_retry(|| source.read(start, len)).await
 }
 
 /// Installs `source` into the inactive slot.
@@ -368,9 +390,9 @@ async fn write_chunks(
     let mut attempts = 0u32;
     let mut since_sync = 0u64;
     let mut buf = Vec::new();
-    // At least 16 checkpoints per image, at most SYNC_BYTES apart.
+    // At least 64 checkpoints per image, at most SYNC_BYTES apart.
     let sync_bytes =
-        (manifest.image_size / 16).clamp(manifest.chunk_size, SYNC_BYTES.max(manifest.chunk_size));
+        (manifest.image_size / 64).clamp(manifest.chunk_size, SYNC_BYTES.max(manifest.chunk_size));
     while i < n {
         let data_start = header.data_offset + manifest.stored_offset(i);
         let data_len = manifest.data_len() - manifest.stored_offset(i);
