@@ -93,9 +93,55 @@ pub enum Command {
     Resume,
     /// Abandon an interrupted or pending install: the inactive slot is made unbootable.
     Cancel,
+    /// Run the update agent: settle the boot (rollback detection, health gate, bless),
+    /// check for updates every interval, install them, serve com.coreos.update1 on D-Bus.
+    Daemon(DaemonArgs),
+    /// Check the update source once and install what it offers (no D-Bus).
+    Check(SourceArgs),
     /// Release engineering: keys and payloads.
     #[command(subcommand)]
     Payload(PayloadCmd),
+}
+
+/// Where updates come from (flags override update.conf and drop-ins).
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Omaha server URL [update.conf: SERVER=; `disabled` = none].
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Channel document URL [drop-in: CHANNEL=].
+    #[arg(long, conflicts_with = "server")]
+    pub channel: Option<String>,
+    /// Update group (Omaha track) [update.conf: GROUP=; default: stable].
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Time between update checks [drop-in: CHECK_INTERVAL=; default: 45m].
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Wait after start before the first health check [HEALTH_GRACE=; default: 45s].
+    #[arg(long)]
+    pub health_grace: Option<String>,
+    /// Give up on blessing after [HEALTH_TIMEOUT=; default: 10m].
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Unit that must be active before blessing (repeatable) [HEALTH_UNITS=].
+    #[arg(long)]
+    pub health_unit: Vec<String>,
+    /// Command (sh -c) that must succeed before blessing (repeatable) [HEALTH_COMMAND=].
+    #[arg(long)]
+    pub health_command: Vec<String>,
+    /// Do not require "no failed units" [HEALTH_NO_FAILED_UNITS=0].
+    #[arg(long)]
+    pub allow_failed_units: bool,
+    /// Do not use D-Bus (no service, no systemd checks).
+    #[arg(long)]
+    pub no_dbus: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,9 +251,134 @@ fn private_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<ed25519_dalek::SigningK
         .collect()
 }
 
+fn update_source(
+    a: &SourceArgs,
+    s: &crate::config::Settings,
+) -> Option<crate::source::UpdateSource> {
+    use crate::source::UpdateSource;
+    if let Some(c) = &a.channel {
+        return Some(UpdateSource::Channel { url: c.clone() });
+    }
+    if let Some(url) = &a.server {
+        return (url != "disabled").then(|| UpdateSource::Omaha { url: url.clone() });
+    }
+    if let Some(c) = s.get("CHANNEL") {
+        return Some(UpdateSource::Channel {
+            url: c.value.clone(),
+        });
+    }
+    s.get("SERVER")
+        .filter(|e| e.value != "disabled" && !e.value.is_empty())
+        .map(|e| UpdateSource::Omaha {
+            url: e.value.clone(),
+        })
+}
+
+/// Resolves the daemon's settings.
+pub fn daemon_config(
+    host: &HostArgs,
+    a: &DaemonArgs,
+) -> anyhow::Result<crate::daemon::DaemonConfig> {
+    use crate::config::{DEFAULT_GROUP, DEFAULT_INTERVAL, Settings, parse_duration};
+    let s = Settings::load(&host.root)?;
+    let flag = |v: &Option<String>, name: &str| -> anyhow::Result<Option<std::time::Duration>> {
+        v.as_ref()
+            .map(|v| {
+                parse_duration(v).with_context(|| {
+                    format!("--{name} {v:?} is not a duration like 45s, 10m or 2h")
+                })
+            })
+            .transpose()
+    };
+    let defaults = crate::health::HealthConfig::default();
+    let mut units: Vec<String> = s
+        .get("HEALTH_UNITS")
+        .map(|e| e.value.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    units.extend(a.health_unit.iter().cloned());
+    let mut commands: Vec<String> = s
+        .all("HEALTH_COMMAND")
+        .into_iter()
+        .map(|e| e.value.clone())
+        .collect();
+    commands.extend(a.health_command.iter().cloned());
+    let health = crate::health::HealthConfig {
+        grace: flag(&a.health_grace, "health-grace")?
+            .or(s.duration("HEALTH_GRACE")?)
+            .unwrap_or(defaults.grace),
+        timeout: flag(&a.health_timeout, "health-timeout")?
+            .or(s.duration("HEALTH_TIMEOUT")?)
+            .unwrap_or(defaults.timeout),
+        no_failed_units: !a.allow_failed_units
+            && !a.no_dbus
+            && s.get("HEALTH_NO_FAILED_UNITS")
+                .is_none_or(|e| e.value != "0"),
+        units,
+        commands,
+        interval: defaults.interval,
+    };
+    Ok(crate::daemon::DaemonConfig {
+        host: host_config(host)?,
+        source: update_source(&a.source, &s),
+        group: a
+            .source
+            .group
+            .clone()
+            .or_else(|| s.get("GROUP").map(|e| e.value.clone()))
+            .unwrap_or_else(|| DEFAULT_GROUP.to_string()),
+        app_id: s
+            .get("APP_ID")
+            .map(|e| e.value.clone())
+            .unwrap_or_else(|| crate::source::KEEL_APP_ID.to_string()),
+        interval: flag(&a.interval, "interval")?
+            .or(s.duration("CHECK_INTERVAL")?)
+            .unwrap_or(DEFAULT_INTERVAL),
+        health,
+        dbus: !a.no_dbus,
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Daemon(a) => {
+            let cfg = daemon_config(&cli.host, a).context("invalid configuration")?;
+            crate::daemon::run(cfg, shutdown_signal()).await
+        }
+        Command::Check(src) => {
+            let args = DaemonArgs {
+                source: SourceArgs {
+                    server: src.server.clone(),
+                    channel: src.channel.clone(),
+                    group: src.group.clone(),
+                },
+                interval: None,
+                health_grace: None,
+                health_timeout: None,
+                health_unit: vec![],
+                health_command: vec![],
+                allow_failed_units: true,
+                no_dbus: true,
+            };
+            let cfg = daemon_config(&cli.host, &args).context("invalid configuration")?;
+            if cfg.source.is_none() {
+                bail!(
+                    "no update source: give --server or --channel, or set SERVER= in update.conf"
+                );
+            }
+            crate::daemon::check_once(cfg).await
+        }
         Command::Payload(cmd) => payload_cmd(&cli.host, cmd),
         Command::Install { source, force } => {
             let host = host_config(&cli.host)?;
@@ -313,6 +484,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 }
                 BootOutcome::AlreadyGood { slot } => println!("{} is good", slot.label()),
+                BootOutcome::NotRebooted { version, slot } => {
+                    println!(
+                        "{version} is installed in {} but not booted yet; nothing to mark",
+                        slot.label()
+                    )
+                }
             }
             Ok(())
         }

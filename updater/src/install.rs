@@ -89,6 +89,13 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
+    /// The kernel's boot id (empty if unreadable).
+    pub fn boot_id(&self) -> String {
+        std::fs::read_to_string(self.root.join("proc/sys/kernel/random/boot_id"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
     /// The slot this system booted from: `keel.slot=A|B`, or `mount.usr=`/`usr=` naming a
     /// slot's PARTUUID or PARTLABEL, on the kernel command line.
     pub fn booted_slot(&self) -> Result<Slot, InstallError> {
@@ -144,13 +151,24 @@ pub struct InstallReport {
     pub verify_elapsed: Duration,
 }
 
+/// Called after each written chunk with (chunks done, chunks total).
+pub type ProgressFn = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Options of one install.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct InstallOptions {
     /// Install a version that rolled back before.
     pub force: bool,
-    /// Called after each written chunk with (chunks done, chunks total).
-    pub progress: Option<fn(u64, u64)>,
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for InstallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallOptions")
+            .field("force", &self.force)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 fn unix_now() -> i64 {
@@ -342,6 +360,7 @@ pub async fn install(
         from_version,
         from_slot: booted,
         installed_at: unix_now(),
+        boot_id: host.boot_id(),
     });
     state.save(&host.state_dir)?;
     let sentinel = host.root.join("run/reboot-required");
@@ -434,7 +453,7 @@ async fn write_chunks(
                 state.save(&host.state_dir)?;
                 since_sync = 0;
             }
-            if let Some(f) = opts.progress {
+            if let Some(f) = &opts.progress {
                 f(i as u64, n as u64);
             }
         }

@@ -9,17 +9,22 @@
 //! attributes) in one commit point. After the reboot, [`lifecycle::mark_good`] blesses the
 //! booted slot or records a rollback. [`state`] persists what must survive restarts.
 //!
-//! Limitations (this version): no Omaha client yet (install from a URL or a file), no
-//! daemon/D-Bus service yet, no automatic health gate (mark-good is explicit).
+//! The daemon ([`daemon`]) finds updates through Omaha or a channel document ([`source`]),
+//! serves update_engine's D-Bus interface, and blesses a new slot only after the health
+//! gate ([`health`]) passes.
 
 pub mod boot;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod fetch;
 pub mod grubenv;
+pub mod health;
 pub mod install;
 pub mod layout;
 pub mod lifecycle;
 pub mod payload;
+pub mod source;
 pub mod state;
 
 /// The OS version under `root` (`VERSION` of usr/lib/os-release, else etc/os-release).

@@ -15,6 +15,8 @@ pub enum BootOutcome {
     RolledBack { version: String, slot: Slot },
     /// Nothing pending; the booted slot is (still) blessed.
     AlreadyGood { slot: Slot },
+    /// An update is installed but the host has not rebooted into it yet.
+    NotRebooted { version: String, slot: Slot },
 }
 
 fn unix_now() -> i64 {
@@ -40,6 +42,12 @@ pub fn mark_good(host: &HostConfig) -> Result<BootOutcome, InstallError> {
                 version: p.version,
                 slot: booted,
             }
+        }
+        Some(p) if !p.boot_id.is_empty() && p.boot_id == host.boot_id() => {
+            return Ok(BootOutcome::NotRebooted {
+                version: p.version,
+                slot: p.slot,
+            });
         }
         Some(p) => {
             state.rolled_back.push(RolledBack {

@@ -47,6 +47,10 @@ pub struct Pending {
     pub from_version: String,
     pub from_slot: Slot,
     pub installed_at: i64,
+    /// The boot the update was installed in: the same boot id later means "not rebooted
+    /// yet", another one on the old slot means the update rolled back.
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 /// A version that came back on the old slot.
