@@ -174,6 +174,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_drop_in_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("usr/lib/keel/updater.d/10-keel.conf");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, include_str!("../dist/10-keel.conf")).unwrap();
+        let s = Settings::load(dir.path()).unwrap();
+        assert_eq!(
+            s.duration("CHECK_INTERVAL").unwrap(),
+            Some(DEFAULT_INTERVAL)
+        );
+        assert_eq!(
+            s.duration("HEALTH_GRACE").unwrap(),
+            Some(Duration::from_secs(45))
+        );
+        assert_eq!(s.get("HEALTH_UNITS").unwrap().value, "keel-store.service");
+    }
+
+    #[test]
     fn layers_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let w = |rel: &str, text: &str| {

@@ -302,3 +302,128 @@ async fn update_over_dbus_then_health_gated_bless() {
     }
     let _ = d.start_kill();
 }
+
+/// systemd for the health gate: `ListUnitsFiltered(["failed"])`, `GetUnit`, and the unit's
+/// `ActiveState` property.
+struct FakeSystemd {
+    failed: Arc<Mutex<Vec<String>>>,
+}
+
+type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    zbus::zvariant::OwnedObjectPath,
+    u32,
+    String,
+    zbus::zvariant::OwnedObjectPath,
+);
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+impl FakeSystemd {
+    fn list_units_filtered(&self, states: Vec<String>) -> Vec<UnitRow> {
+        assert_eq!(states, ["failed"]);
+        let root = zbus::zvariant::OwnedObjectPath::try_from("/").unwrap();
+        self.failed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u.clone(),
+                    String::new(),
+                    "loaded".into(),
+                    "failed".into(),
+                    "failed".into(),
+                    String::new(),
+                    root.clone(),
+                    0,
+                    String::new(),
+                    root.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn get_unit(&self, name: String) -> zbus::fdo::Result<zbus::zvariant::OwnedObjectPath> {
+        match name.as_str() {
+            "keel-store.service" => Ok(zbus::zvariant::OwnedObjectPath::try_from(
+                "/org/freedesktop/systemd1/unit/keel_2dstore_2eservice",
+            )
+            .unwrap()),
+            _ => Err(zbus::fdo::Error::Failed(format!("Unit {name} not loaded."))),
+        }
+    }
+}
+
+struct FakeUnit {
+    state: Arc<Mutex<String>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+impl FakeUnit {
+    #[zbus(property)]
+    fn active_state(&self) -> String {
+        self.state.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_gate_asks_systemd() {
+    let bus = PrivateBus::start();
+    let failed = Arc::new(Mutex::new(vec!["broken.service".to_string()]));
+    let state = Arc::new(Mutex::new("activating".to_string()));
+    let _systemd = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("org.freedesktop.systemd1")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/systemd1",
+            FakeSystemd {
+                failed: failed.clone(),
+            },
+        )
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/systemd1/unit/keel_2dstore_2eservice",
+            FakeUnit {
+                state: state.clone(),
+            },
+        )
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let conn = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let cfg = keel_updater::health::HealthConfig {
+        grace: Duration::ZERO,
+        timeout: Duration::from_millis(200),
+        no_failed_units: true,
+        units: vec!["keel-store.service".into(), "missing.service".into()],
+        commands: vec![],
+        interval: Duration::from_millis(50),
+    };
+    let problems = keel_updater::health::check(&cfg, Some(&conn)).await;
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("broken.service"), "{problems:?}");
+    assert!(
+        problems[1].contains("keel-store.service is activating"),
+        "{problems:?}"
+    );
+    assert!(problems[2].contains("missing.service"), "{problems:?}");
+    assert!(keel_updater::health::gate(&cfg, Some(&conn)).await.is_err());
+    failed.lock().unwrap().clear();
+    *state.lock().unwrap() = "active".into();
+    let cfg = keel_updater::health::HealthConfig {
+        units: vec!["keel-store.service".into()],
+        ..cfg
+    };
+    assert_eq!(keel_updater::health::gate(&cfg, Some(&conn)).await, Ok(()));
+}
