@@ -214,7 +214,7 @@ fn main() {
     let (file_s, file_kib, _) = install(payload.to_str().unwrap(), "s2");
     // Baseline: dd into the same slot with fsync, then sha256sum.
     let seek = (2048u64 * 512 + slot * (1 << 20)) / (4 << 20);
-    let off_ok = (2048u64 * 512 + slot * (1 << 20)) % (4 << 20) == 0;
+    let off_ok = (2048u64 * 512 + slot * (1 << 20)).is_multiple_of(4 << 20);
     let (dd_bs, dd_seek) = if off_ok {
         ("4M".to_string(), seek)
     } else {
