@@ -67,3 +67,85 @@ mod tests {
         assert!(guid_bytes("xyz").is_none());
     }
 }
+
+/// One partition to create.
+#[derive(Debug, Clone)]
+pub struct PartSpec {
+    pub number: u32,
+    pub label: &'static str,
+    pub type_guid: &'static str,
+    /// Fixed partition GUID (random when `None`).
+    pub uuid: Option<&'static str>,
+    /// Size in MiB; 0 = the rest of the disk.
+    pub size_mib: u64,
+    pub attributes: u64,
+}
+
+/// Keel's partitions: 1 EFI-SYSTEM, 2 BIOS-BOOT, 3 USR-A (blessed: priority 1,
+/// successful), 4 USR-B, 6 OEM, 9 ROOT (the rest).
+pub fn keel_partitions(efi_mib: u64, usr_mib: u64, oem_mib: u64) -> Vec<PartSpec> {
+    let p = |number, label, type_guid, uuid, size_mib, attributes| PartSpec {
+        number,
+        label,
+        type_guid,
+        uuid,
+        size_mib,
+        attributes,
+    };
+    vec![
+        p(EFI_SYSTEM, "EFI-SYSTEM", EFI_SYSTEM_TYPE, None, efi_mib, 0),
+        p(BIOS_BOOT, "BIOS-BOOT", BIOS_BOOT_TYPE, None, 2, 0),
+        p(
+            USR_A,
+            "USR-A",
+            USR_TYPE,
+            Some(USR_A_UUID),
+            usr_mib,
+            crate::boot::attrs::with(0, 1, 0, true),
+        ),
+        p(USR_B, "USR-B", USR_TYPE, Some(USR_B_UUID), usr_mib, 0),
+        p(OEM, "OEM", OEM_TYPE, None, oem_mib, 0),
+        p(ROOT, "ROOT", ROOT_TYPE, None, 0, 0),
+    ]
+}
+
+/// Writes a protective MBR and a fresh GPT (512-byte sectors, partitions 1 MiB aligned,
+/// in the order given) onto `path`, which must already have its final size.
+pub fn create_disk(path: &std::path::Path, parts: &[PartSpec]) -> Result<(), gptman::Error> {
+    const ALIGN: u64 = 2048;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let random_guid = || {
+        let mut g = [0u8; 16];
+        getrandom::getrandom(&mut g).expect("random bytes");
+        g[7] = (g[7] & 0x0f) | 0x40; // version 4 (stored little-endian in field 3)
+        g[8] = (g[8] & 0x3f) | 0x80;
+        g
+    };
+    let mut gpt = gptman::GPT::new_from(&mut f, 512, random_guid())?;
+    let last = gpt.header.last_usable_lba;
+    let mut next = ALIGN;
+    for p in parts {
+        let start = next.div_ceil(ALIGN) * ALIGN;
+        let end = if p.size_mib == 0 {
+            last
+        } else {
+            start + p.size_mib * 2048 - 1
+        };
+        gpt[p.number] = gptman::GPTPartitionEntry {
+            partition_type_guid: guid_bytes(p.type_guid).expect("valid type GUID"),
+            unique_partition_guid: p.uuid.and_then(guid_bytes).unwrap_or_else(random_guid),
+            starting_lba: start,
+            ending_lba: end,
+            attribute_bits: p.attributes,
+            partition_name: p.label.into(),
+        };
+        next = end + 1;
+    }
+    gpt.write_into(&mut f)?;
+    gptman::GPT::write_protective_mbr_into(&mut f, 512)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -444,3 +444,43 @@ async fn sigkill_at_random_points_never_leaves_a_bad_slot_bootable() {
     .unwrap();
     assert_eq!(select(&env).0, Some(Slot::B));
 }
+
+#[test]
+fn created_disk_matches_sgdisk() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    keel_updater::layout::create_disk(&disk, &keel_updater::layout::keel_partitions(32, 64, 16))
+        .unwrap();
+    let d = disk.to_str().unwrap();
+    let verify = tool("sgdisk", &["-v", d]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let info = |n: &str| tool("sgdisk", &["-i", n, d]);
+    let usr_a = info("3");
+    assert!(
+        usr_a.contains("Partition GUID code: 5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6"),
+        "{usr_a}"
+    );
+    assert!(
+        usr_a.contains("Partition unique GUID: 7130C94A-213A-4E5A-8E26-6CCE9662F132"),
+        "{usr_a}"
+    );
+    assert!(
+        usr_a.contains("Partition name: 'USR-A'")
+            && usr_a.contains("Attribute flags: 0101000000000000"),
+        "{usr_a}"
+    );
+    assert!(info("4").contains("Partition unique GUID: E03DD35C-7C2D-4A47-B3FE-27F15780A57C"));
+    assert!(info("1").contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"));
+    let root = info("9");
+    assert!(
+        root.contains("3884DD41-8582-4404-B9A8-E9B84F2DF50E") && root.contains("'ROOT'"),
+        "{root}"
+    );
+    let disk_info = keel_updater::boot::Disk::open(&disk).unwrap();
+    assert_eq!((disk_info.a.size, disk_info.b.size), (64 << 20, 64 << 20));
+    assert_eq!(disk_info.a.offset % (1 << 20), 0, "1 MiB aligned");
+}
