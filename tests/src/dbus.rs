@@ -62,3 +62,55 @@ impl PrivateBus {
         }
     }
 }
+
+/// `block` inhibitors as logind lists them: (what, who, why, mode, uid, pid).
+pub type Inhibitors = Vec<(String, String, String, String, u32, u32)>;
+
+/// What the fake logind saw and answers.
+#[derive(Debug, Default)]
+pub struct LogindState {
+    /// The `interactive` argument of every `Reboot` call.
+    pub reboots: std::sync::Mutex<Vec<bool>>,
+    pub inhibitors: std::sync::Mutex<Inhibitors>,
+}
+
+/// `org.freedesktop.login1.Manager` for tests: records `Reboot`, lists the configured
+/// inhibitors and no sessions.
+#[derive(Debug)]
+pub struct FakeLogind(pub std::sync::Arc<LogindState>);
+
+#[zbus::interface(name = "org.freedesktop.login1.Manager")]
+impl FakeLogind {
+    fn reboot(&self, interactive: bool) {
+        self.0
+            .reboots
+            .lock()
+            .expect("not poisoned")
+            .push(interactive);
+    }
+
+    fn list_inhibitors(&self) -> Inhibitors {
+        self.0.inhibitors.lock().expect("not poisoned").clone()
+    }
+
+    fn list_sessions(&self) -> Vec<(String, u32, String, String, zbus::zvariant::OwnedObjectPath)> {
+        Vec::new()
+    }
+}
+
+impl PrivateBus {
+    /// Serves a fake logind on this bus; keep the connection alive while it is needed.
+    pub async fn serve_logind(&self) -> (zbus::Connection, std::sync::Arc<LogindState>) {
+        let state = std::sync::Arc::new(LogindState::default());
+        let conn = zbus::connection::Builder::address(self.address.as_str())
+            .expect("bus address")
+            .name("org.freedesktop.login1")
+            .expect("name")
+            .serve_at("/org/freedesktop/login1", FakeLogind(state.clone()))
+            .expect("serve")
+            .build()
+            .await
+            .expect("connect to the private bus");
+        (conn, state)
+    }
+}

@@ -15,30 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zbus::zvariant::OwnedObjectPath;
 
-type Inhibitors = Vec<(String, String, String, String, u32, u32)>;
-
 #[derive(Debug, Default)]
 struct Fake {
-    reboots: Mutex<Vec<bool>>,
-    inhibitors: Mutex<Inhibitors>,
     marked_good: Mutex<bool>,
-}
-
-struct Logind(Arc<Fake>);
-
-#[zbus::interface(name = "org.freedesktop.login1.Manager")]
-impl Logind {
-    fn reboot(&self, interactive: bool) {
-        self.0.reboots.lock().unwrap().push(interactive);
-    }
-
-    fn list_inhibitors(&self) -> Inhibitors {
-        self.0.inhibitors.lock().unwrap().clone()
-    }
-
-    fn list_sessions(&self) -> Vec<(String, u32, String, String, OwnedObjectPath)> {
-        Vec::new()
-    }
 }
 
 struct Updater(Arc<Fake>);
@@ -102,15 +81,7 @@ fn reboots_once_through_logind_only_when_allowed() {
     run(|| async {
         let bus = PrivateBus::start();
         let fake = Arc::new(Fake::default());
-        let _logind = zbus::connection::Builder::address(bus.address.as_str())
-            .unwrap()
-            .name("org.freedesktop.login1")
-            .unwrap()
-            .serve_at("/org/freedesktop/login1", Logind(fake.clone()))
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let (_logind, logind) = bus.serve_logind().await;
         let _updater = zbus::connection::Builder::address(bus.address.as_str())
             .unwrap()
             .name("com.coreos.update1")
@@ -136,11 +107,11 @@ fn reboots_once_through_logind_only_when_allowed() {
 
         // Nothing needed yet: no reboot.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(fake.reboots.lock().unwrap().is_empty());
+        assert!(logind.reboots.lock().unwrap().is_empty());
         assert!(d.try_wait().unwrap().is_none(), "{}", host.log());
 
         // A maintenance job inhibits shutdown; the update agent says a reboot is needed.
-        fake.inhibitors.lock().unwrap().push((
+        logind.inhibitors.lock().unwrap().push((
             "shutdown:sleep".into(),
             "ceph".into(),
             "rebalancing".into(),
@@ -173,7 +144,7 @@ fn reboots_once_through_logind_only_when_allowed() {
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(
-            fake.reboots.lock().unwrap().is_empty(),
+            logind.reboots.lock().unwrap().is_empty(),
             "inhibited: no reboot"
         );
         let view = g.view().await.unwrap();
@@ -183,14 +154,14 @@ fn reboots_once_through_logind_only_when_allowed() {
         );
 
         // The inhibitor goes away: one reboot, not interactive, with the slot held.
-        fake.inhibitors.lock().unwrap().clear();
+        logind.inhibitors.lock().unwrap().clear();
         wait_for("Reboot", Duration::from_secs(20), || async {
-            !fake.reboots.lock().unwrap().is_empty()
+            !logind.reboots.lock().unwrap().is_empty()
         })
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
-            *fake.reboots.lock().unwrap(),
+            *logind.reboots.lock().unwrap(),
             vec![false],
             "exactly one Reboot(false)"
         );
@@ -251,7 +222,7 @@ fn reboots_once_through_logind_only_when_allowed() {
         let released = history.iter().rev().find(|e| e.id == host.id).unwrap();
         assert!(released.detail.contains("healthy"), "{released:?}");
         assert_eq!(
-            *fake.reboots.lock().unwrap(),
+            *logind.reboots.lock().unwrap(),
             vec![false],
             "no second reboot"
         );

@@ -1,0 +1,288 @@
+//! One host, both agents, real binaries: keel-updater installs a signed update into USR-B,
+//! keel-locksmith sees the reboot-needed sentinel, takes a slot in keel-store and reboots
+//! through (fake) logind on a private D-Bus. After the "reboot" into USR-B the updater's
+//! health gate holds the bless until the health command passes, and keel-locksmith keeps
+//! the slot until the updater's `GetBootStatus` says the booted version is blessed — then
+//! releases it. The contract between the two crates, end to end.
+
+use keel_locksmith::store::{Group, StoreOptions};
+use keel_tests::dbus::PrivateBus;
+use keel_tests::server::{keel_locksmith_bin, workspace_bin};
+use keel_tests::v3::run;
+use keel_tests::{Flavor, Server};
+use keel_updater::boot::{BootEnv, BootState, select};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Host {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    disk: PathBuf,
+    grubenv: PathBuf,
+    state: PathBuf,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn host() -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write(
+        &root.join("etc/machine-id"),
+        "5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b\n",
+    );
+    write(&root.join("etc/hostname"), "node-1\n");
+    write(&root.join("proc/sys/kernel/random/boot_id"), "boot-1\n");
+    write(&root.join("proc/cmdline"), "keel.slot=A\n");
+    write(&root.join("usr/lib/os-release"), "ID=keel\nVERSION=1.0.0\n");
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(160 << 20)
+        .unwrap();
+    keel_updater::layout::create_disk(&disk, &keel_updater::layout::keel_partitions(16, 32, 8))
+        .unwrap();
+    let grubenv = dir.path().join("esp/grubenv");
+    BootState::load(&grubenv)
+        .unwrap()
+        .commit(BootEnv::initial(), None)
+        .unwrap();
+    Host {
+        state: dir.path().join("state"),
+        root,
+        disk,
+        grubenv,
+        dir,
+    }
+}
+
+fn updater_bin() -> PathBuf {
+    workspace_bin("keel-updater", "KEEL_UPDATER_BIN")
+}
+
+fn updater(h: &Host) -> std::process::Command {
+    let mut c = std::process::Command::new(updater_bin());
+    c.arg("--root").arg(&h.root).arg("--disk").arg(&h.disk);
+    c.arg("--grubenv")
+        .arg(&h.grubenv)
+        .arg("--state-dir")
+        .arg(&h.state);
+    c.args(["--board", "amd64-usr", "--arch", std::env::consts::ARCH]);
+    c
+}
+
+fn spawn(mut c: std::process::Command, log: &Path, bus: &PrivateBus) -> tokio::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    c.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env_remove("REBOOT_STRATEGY")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut c = tokio::process::Command::from(c);
+    c.kill_on_drop(true);
+    c.spawn().unwrap()
+}
+
+fn locksmith(h: &Host, store: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(keel_locksmith_bin());
+    c.args(["daemon", "--root"]).arg(&h.root);
+    c.args([
+        "--strategy",
+        "etcd-lock",
+        "--endpoint",
+        store,
+        "--retry-interval",
+        "200ms",
+        "--login-delay",
+        "0s",
+    ]);
+    c
+}
+
+fn updater_daemon(h: &Host) -> std::process::Command {
+    let mut c = updater(h);
+    let healthy = h.root.join("run/healthy");
+    c.args([
+        "daemon",
+        "--server",
+        "disabled",
+        "--interval",
+        "1h",
+        "--allow-failed-units",
+    ]);
+    c.args([
+        "--health-grace",
+        "0s",
+        "--health-command",
+        &format!("test -e {}", healthy.display()),
+    ]);
+    c
+}
+
+#[test]
+fn update_reboot_and_health_gated_release_across_both_agents() {
+    run(|| async {
+        let bus = PrivateBus::start();
+        let (_logind_conn, logind) = bus.serve_logind().await;
+        let server = Server::start(Flavor::Keel);
+        let store = server.client_url();
+        let h = host();
+        let logs = h.dir.path();
+        // Release engineering: a key, the image's trusted copy of it, a payload.
+        let key = h.dir.path().join("release");
+        assert!(
+            updater(&h)
+                .args(["payload", "keygen", "--out"])
+                .arg(&key)
+                .status()
+                .unwrap()
+                .success()
+        );
+        write(
+            &h.root.join("usr/share/keel/update-keys/release.pub"),
+            &std::fs::read_to_string(key.with_extension("pub")).unwrap(),
+        );
+        let image = h.dir.path().join("usr-1.1.0.img");
+        std::fs::write(
+            &image,
+            (0..(3 << 20))
+                .map(|i: u32| (i % 241) as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let payload = h.dir.path().join("keel-1.1.0.keelpay");
+        let built = updater(&h)
+            .args(["payload", "build"])
+            .arg(&image)
+            .arg("--out")
+            .arg(&payload)
+            .args([
+                "--version",
+                "1.1.0",
+                "--rollback-index",
+                "2",
+                "--zstd",
+                "--key",
+            ])
+            .arg(key.with_extension("key"))
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+
+        let mut upd = spawn(updater_daemon(&h), &logs.join("updater.log"), &bus);
+        let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
+        let installed = updater(&h).arg("install").arg(&payload).output().unwrap();
+        assert!(
+            installed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+
+        // keel-locksmith reboots the host once, holding a slot for target 1.1.0.
+        let client = keel_locksmith::store::connect(&StoreOptions {
+            endpoints: vec![store.clone()],
+            ..StoreOptions::default()
+        })
+        .await
+        .unwrap();
+        let group = Group::new(client, "", "test");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while logind.reboots.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no reboot; locksmith log:\n{}",
+                std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let view = group.view().await.unwrap();
+        let holder = &view
+            .holder("5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b")
+            .unwrap()
+            .value;
+        assert_eq!(
+            (holder.target_version.as_str(), holder.state.as_str()),
+            ("1.1.0", "rebooting")
+        );
+        assert_eq!(holder.hostname, "node-1");
+
+        // The machine reboots: both agents stop, GRUB picks USR-B, /run is empty.
+        upd.start_kill().unwrap();
+        lsm.start_kill().unwrap();
+        let _ = upd.wait().await;
+        let _ = lsm.wait().await;
+        let mut boot = BootState::load(&h.grubenv).unwrap();
+        let (slot, after) = select(&boot.boot);
+        assert_eq!(slot, Some(keel_updater::boot::Slot::B));
+        boot.commit(after, None).unwrap();
+        std::fs::remove_dir_all(h.root.join("run")).unwrap();
+        write(&h.root.join("proc/sys/kernel/random/boot_id"), "boot-2\n");
+        write(&h.root.join("proc/cmdline"), "keel.slot=B\n");
+        write(
+            &h.root.join("usr/lib/os-release"),
+            "ID=keel\nVERSION=1.1.0\n",
+        );
+        let mut upd = spawn(updater_daemon(&h), &logs.join("updater.log"), &bus);
+        let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
+
+        // Not healthy yet: the slot stays held.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let view = group.view().await.unwrap();
+        assert!(
+            view.semaphore
+                .unwrap()
+                .value
+                .holds("5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b"),
+            "released before the updater blessed the boot; locksmith log:\n{}",
+            std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
+        );
+        // Healthy: the updater blesses USR-B, keel-locksmith releases.
+        write(&h.root.join("run/healthy"), "");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = group.view().await.unwrap();
+            if view.semaphore.unwrap().value.holders().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never released; updater log:\n{}\nlocksmith log:\n{}",
+                std::fs::read_to_string(logs.join("updater.log")).unwrap(),
+                std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let env = BootState::load(&h.grubenv).unwrap().boot;
+        assert!(
+            env.b.ok && env.order[0] == keel_updater::boot::Slot::B,
+            "{env:?}"
+        );
+        let history = group.history(10).await.unwrap();
+        let released = history
+            .iter()
+            .rev()
+            .find(|e| serde_json::to_value(e.kind).unwrap() == "released")
+            .unwrap();
+        assert!(
+            released.detail.contains("1.1.0") && released.detail.contains("healthy"),
+            "{released:?}"
+        );
+        assert_eq!(
+            *logind.reboots.lock().unwrap(),
+            vec![false],
+            "exactly one reboot"
+        );
+        let _ = upd.start_kill();
+        let _ = lsm.start_kill();
+    });
+}
