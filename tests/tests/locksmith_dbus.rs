@@ -13,7 +13,6 @@ use keel_tests::v3::run;
 use keel_tests::{Flavor, Server};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zbus::zvariant::OwnedObjectPath;
 
 #[derive(Debug, Default)]
 struct Fake {
