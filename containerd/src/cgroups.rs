@@ -1,0 +1,532 @@
+//! Cgroups v1 and v2 through cgroupfs, for every layout: pure v1, hybrid with an empty
+//! unified hierarchy, hybrid with controllers on the unified hierarchy (this machine's
+//! `hugetlb`), pure v2. The layout is read from a mountinfo text, so tests can hand in any.
+//!
+//! A container gets one directory per hierarchy (`<hierarchy>/<cgroupsPath>`); limits go
+//! to whichever hierarchy holds the controller.
+
+use oci_spec::runtime::LinuxResources;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{path}: cannot {op}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup hierarchy is mounted (read {0})")]
+    NoCgroups(String),
+    #[error("{path}: still has processes after kill")]
+    Busy { path: PathBuf },
+}
+
+/// One mounted hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub mount: PathBuf,
+    /// v1 controllers (`memory`, `cpu`, `cpuacct`, …, `name=systemd`); empty for cgroup2.
+    pub controllers: Vec<String>,
+    pub v2: bool,
+}
+
+/// The hierarchies of this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+impl Layout {
+    /// Parses `/proc/self/mountinfo` text.
+    pub fn parse(mountinfo: &str) -> Layout {
+        let mut hierarchies = Vec::new();
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let fields: Vec<&str> = left.split(' ').collect();
+            let rfields: Vec<&str> = right.split(' ').collect();
+            let (Some(mount), Some(fstype)) = (fields.get(4), rfields.first()) else {
+                continue;
+            };
+            let mount = PathBuf::from(unescape(mount));
+            match *fstype {
+                "cgroup2" => hierarchies.push(Hierarchy {
+                    mount,
+                    controllers: Vec::new(),
+                    v2: true,
+                }),
+                "cgroup" => {
+                    let opts = rfields.get(2).copied().unwrap_or_default();
+                    let controllers: Vec<String> = opts
+                        .split(',')
+                        .filter(|o| {
+                            !matches!(
+                                *o,
+                                "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "relatime" | "xattr"
+                            )
+                        })
+                        .filter(|o| {
+                            !o.starts_with("release_agent") && !o.starts_with("clone_children")
+                        })
+                        .map(str::to_string)
+                        .collect();
+                    if !hierarchies
+                        .iter()
+                        .any(|h: &Hierarchy| h.controllers == controllers && !h.v2)
+                    {
+                        hierarchies.push(Hierarchy {
+                            mount,
+                            controllers,
+                            v2: false,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Layout { hierarchies }
+    }
+
+    /// This process's view.
+    pub fn detect() -> Result<Layout, CgroupError> {
+        let text =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
+                path: "/proc/self/mountinfo".into(),
+                op: "read",
+                source,
+            })?;
+        let l = Layout::parse(&text);
+        if l.hierarchies.is_empty() {
+            return Err(CgroupError::NoCgroups("/proc/self/mountinfo".into()));
+        }
+        Ok(l)
+    }
+
+    /// Whether any v1 controller hierarchy exists (pure v1 or hybrid).
+    pub fn has_v1(&self) -> bool {
+        self.hierarchies.iter().any(|h| !h.v2)
+    }
+
+    fn v1(&self, controller: &str) -> Option<&Hierarchy> {
+        self.hierarchies
+            .iter()
+            .find(|h| !h.v2 && h.controllers.iter().any(|c| c == controller))
+    }
+
+    fn v2(&self) -> Option<&Hierarchy> {
+        self.hierarchies.iter().find(|h| h.v2)
+    }
+
+    /// The directory holding `controller`'s files for `rel`, and whether it is v2.
+    fn dir_for(&self, controller: &str, rel: &Path) -> Option<(PathBuf, bool)> {
+        if let Some(h) = self.v1(controller) {
+            return Some((h.mount.join(rel), false));
+        }
+        let h = self.v2()?;
+        let avail = std::fs::read_to_string(h.mount.join("cgroup.controllers")).unwrap_or_default();
+        avail
+            .split_whitespace()
+            .any(|c| c == controller)
+            .then(|| (h.mount.join(rel), true))
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { path, op, source }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io(path, "write"))
+}
+
+/// The cgroup path relative to each hierarchy: `linux.cgroupsPath` or `/keel/<id>`.
+pub fn relative_path(spec_path: Option<&Path>, id: &str) -> PathBuf {
+    let p = spec_path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("/keel/{id}")));
+    p.strip_prefix("/").map(Path::to_path_buf).unwrap_or(p)
+}
+
+/// Creates the container's directories (every hierarchy, so its processes are tracked
+/// everywhere), applies `resources` and returns the directories.
+pub fn create(
+    layout: &Layout,
+    rel: &Path,
+    resources: Option<&LinuxResources>,
+) -> Result<Vec<PathBuf>, CgroupError> {
+    let mut dirs = Vec::new();
+    let result = (|| {
+        for h in &layout.hierarchies {
+            let dir = h.mount.join(rel);
+            if h.v2 {
+                enable_v2_controllers(&h.mount, rel)?;
+            }
+            if !dir.exists() {
+                // Create level by level so cpuset levels get their parent's cpus/mems.
+                let mut cur = h.mount.clone();
+                for comp in rel.components() {
+                    cur.push(comp);
+                    if !cur.exists() {
+                        std::fs::create_dir(&cur).map_err(io(&cur, "create"))?;
+                        dirs.push(cur.clone());
+                        if h.controllers.iter().any(|c| c == "cpuset") {
+                            inherit_cpuset(&cur)?;
+                        }
+                    }
+                }
+            }
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        if let Some(r) = resources {
+            apply(layout, rel, r)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            // Only the leaf directories belong to the container.
+            let leaves: Vec<PathBuf> = layout
+                .hierarchies
+                .iter()
+                .map(|h| h.mount.join(rel))
+                .collect();
+            Ok(leaves)
+        }
+        Err(e) => {
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn enable_v2_controllers(root: &Path, rel: &Path) -> Result<(), CgroupError> {
+    let avail = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<&str> = avail
+        .split_whitespace()
+        .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut cur = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, comp) in comps.iter().enumerate() {
+        if i + 1 == comps.len() {
+            break;
+        }
+        let line: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
+        let ctl = cur.join("cgroup.subtree_control");
+        // Best effort: a controller may be unavailable at this level.
+        let _ = std::fs::write(&ctl, line.join(" "));
+        cur.push(comp);
+        if !cur.exists() {
+            std::fs::create_dir(&cur).map_err(io(&cur, "create"))?;
+        }
+    }
+    let line: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
+    let _ = std::fs::write(cur.join("cgroup.subtree_control"), line.join(" "));
+    Ok(())
+}
+
+fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+    let parent = dir.parent().expect("a child cgroup has a parent");
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let mine = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        if mine.trim().is_empty() {
+            let theirs =
+                std::fs::read_to_string(parent.join(f)).map_err(io(&parent.join(f), "read"))?;
+            write(&dir.join(f), theirs.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// cpu.shares (v1, 2–262144) to cpu.weight (v2, 1–10000), as runc converts.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    1 + ((shares.saturating_sub(2)) * 9999) / 262142
+}
+
+/// Writes the limits of `r`.
+pub fn apply(layout: &Layout, rel: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
+    if let Some(m) = r.memory()
+        && let Some((dir, v2)) = layout.dir_for("memory", rel)
+    {
+        if let Some(limit) = m.limit() {
+            let v = if limit < 0 {
+                "max".to_string()
+            } else {
+                limit.to_string()
+            };
+            if v2 {
+                write(&dir.join("memory.max"), &v)?;
+            } else {
+                write(
+                    &dir.join("memory.limit_in_bytes"),
+                    if limit < 0 { "-1" } else { &v },
+                )?;
+            }
+        }
+        if let Some(res) = m.reservation() {
+            let f = if v2 {
+                "memory.low"
+            } else {
+                "memory.soft_limit_in_bytes"
+            };
+            write(&dir.join(f), &res.to_string())?;
+        }
+        if let Some(swap) = m.swap() {
+            if v2 {
+                // v1's memsw counts memory + swap; v2's swap.max is swap alone.
+                let swap_only = m.limit().map(|l| (swap - l).max(0)).unwrap_or(swap);
+                let f = dir.join("memory.swap.max");
+                if f.exists() {
+                    write(&f, &swap_only.to_string())?;
+                }
+            } else {
+                let f = dir.join("memory.memsw.limit_in_bytes");
+                if f.exists() {
+                    write(&f, &swap.to_string())?;
+                }
+            }
+        }
+    }
+    if let Some(p) = r.pids()
+        && let Some((dir, _)) = layout.dir_for("pids", rel)
+    {
+        let limit = p.limit();
+        write(
+            &dir.join("pids.max"),
+            &if limit <= 0 {
+                "max".to_string()
+            } else {
+                limit.to_string()
+            },
+        )?;
+    }
+    if let Some(c) = r.cpu() {
+        if let Some((dir, v2)) = layout.dir_for("cpu", rel) {
+            if v2 {
+                if let Some(shares) = c.shares() {
+                    write(
+                        &dir.join("cpu.weight"),
+                        &shares_to_weight(shares).to_string(),
+                    )?;
+                }
+                if c.quota().is_some() || c.period().is_some() {
+                    let quota = c
+                        .quota()
+                        .filter(|q| *q > 0)
+                        .map(|q| q.to_string())
+                        .unwrap_or_else(|| "max".into());
+                    let period = c.period().unwrap_or(100_000);
+                    write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+                }
+            } else {
+                if let Some(shares) = c.shares() {
+                    write(&dir.join("cpu.shares"), &shares.to_string())?;
+                }
+                if let Some(period) = c.period() {
+                    write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+                }
+                if let Some(quota) = c.quota() {
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
+        }
+        if let Some((dir, _)) = layout.dir_for("cpuset", rel) {
+            if let Some(cpus) = c.cpus() {
+                write(&dir.join("cpuset.cpus"), cpus)?;
+            }
+            if let Some(mems) = c.mems() {
+                write(&dir.join("cpuset.mems"), mems)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves `pid` into every directory.
+pub fn attach(dirs: &[PathBuf], pid: i32) -> Result<(), CgroupError> {
+    for d in dirs {
+        write(&d.join("cgroup.procs"), &pid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Pids in the container's cgroups.
+pub fn pids(dirs: &[PathBuf]) -> Vec<i32> {
+    let mut out: Vec<i32> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Kills every process in the directories and removes them.
+pub fn destroy(dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    for _ in 0..200 {
+        let left = pids(dirs);
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for d in dirs {
+        if !d.exists() {
+            continue;
+        }
+        let mut ok = false;
+        for _ in 0..200 {
+            match std::fs::remove_dir(d) {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    ok = true;
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        if !ok {
+            return Err(CgroupError::Busy { path: d.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// A few counters for `events --stats` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub memory_usage: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub oom_kills: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub cpu_usage_ns: Option<u64>,
+    pub cpu_throttled_periods: Option<u64>,
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn kv(p: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(p)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+}
+
+pub fn stats(layout: &Layout, rel: &Path) -> Stats {
+    let mut s = Stats::default();
+    if let Some((d, v2)) = layout.dir_for("memory", rel) {
+        if v2 {
+            s.memory_usage = read_u64(&d.join("memory.current"));
+            s.memory_limit = read_u64(&d.join("memory.max"));
+            s.oom_kills = kv(&d.join("memory.events"), "oom_kill ");
+        } else {
+            s.memory_usage = read_u64(&d.join("memory.usage_in_bytes"));
+            s.memory_limit = read_u64(&d.join("memory.limit_in_bytes"));
+            s.oom_kills = kv(&d.join("memory.oom_control"), "oom_kill ");
+        }
+    }
+    if let Some((d, _)) = layout.dir_for("pids", rel) {
+        s.pids_current = read_u64(&d.join("pids.current"));
+        s.pids_limit = read_u64(&d.join("pids.max"));
+    }
+    if let Some((d, v2)) = layout.dir_for("cpu", rel) {
+        if v2 {
+            s.cpu_usage_ns = kv(&d.join("cpu.stat"), "usage_usec ").map(|u| u * 1000);
+            s.cpu_throttled_periods = kv(&d.join("cpu.stat"), "nr_throttled ");
+        } else {
+            s.cpu_throttled_periods = kv(&d.join("cpu.stat"), "nr_throttled ");
+        }
+    }
+    if s.cpu_usage_ns.is_none()
+        && let Some((d, false)) = layout.dir_for("cpuacct", rel)
+    {
+        s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 30 0:23 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:25 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+30 25 0:28 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
+31 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,cpu,cpuacct
+32 25 0:30 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn parses_hybrid_and_pure_v2() {
+        let l = Layout::parse(HYBRID);
+        assert!(l.has_v1());
+        assert_eq!(l.hierarchies.len(), 5);
+        assert_eq!(
+            l.v1("cpuacct").unwrap().mount,
+            Path::new("/sys/fs/cgroup/cpu,cpuacct")
+        );
+        assert_eq!(
+            l.v1("name=systemd").unwrap().mount,
+            Path::new("/sys/fs/cgroup/systemd")
+        );
+        assert!(l.v2().is_some());
+        let v2 = Layout::parse("40 1 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n");
+        assert!(!v2.has_v1() && v2.v2().is_some());
+    }
+
+    #[test]
+    fn shares_convert_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262144), 10000);
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative_path(None, "a"), Path::new("keel/a"));
+        assert_eq!(
+            relative_path(Some(Path::new("/x/y")), "a"),
+            Path::new("x/y")
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! The runc-compatible command line. Options may follow the container id
+//! (`create <id> --bundle <dir>`), runc's and crun's global flags are accepted.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Keel's container runtime (OCI runtime command line).
+#[derive(Debug, Parser)]
+#[command(name = "keel-containerd", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = "/run/keel-containerd")]
+    pub root: PathBuf,
+    /// Log file (errors are appended; containerd reads them from here).
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: String,
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Use the systemd cgroup driver (not supported yet: refused).
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+    /// crun's spelling: cgroupfs, systemd or disabled.
+    #[arg(long, global = true)]
+    pub cgroup_manager: Option<String>,
+}
+
+impl Global {
+    /// Appends an error to `--log` in the requested format.
+    pub fn log_error(&self, msg: &str) {
+        let Some(path) = &self.log else { return };
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let line = if self.log_format == "json" {
+            serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+        } else {
+            format!(
+                "time=\"{time}\" level=error msg=\"{}\"",
+                msg.replace('"', "\\\"")
+            )
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub id: String,
+    /// Bundle directory (holding config.json).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's pid here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Terminal socket (terminals are not supported yet: a spec asking for one is refused).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Accepted for compatibility (pivot_root is always used).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for compatibility.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Accepted for compatibility.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a container from a bundle; its process waits for `start`.
+    Create(CreateArgs),
+    /// Start a created container's process.
+    Start { id: String },
+    /// Print the container's state (runtime-spec JSON).
+    State { id: String },
+    /// Send a signal (default SIGTERM) to the container's init.
+    Kill {
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+        /// Signal every process in the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a stopped container (--force: kill it first).
+    Delete {
+        id: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create, start and wait for a container; exits with its exit code.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Return once started.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// List containers.
+    List {
+        /// `table` or `json`.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a default config.json into the bundle directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// A spec for unprivileged users (user namespace with the caller's ids).
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Print the runtime's features (runtime-spec features.json).
+    Features,
+}
+
+/// Runs a command; returns the exit code.
+pub fn run(cli: &Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    if g.systemd_cgroup || g.cgroup_manager.as_deref() == Some("systemd") {
+        anyhow::bail!("the systemd cgroup driver is not supported yet; use the cgroupfs driver");
+    }
+    let root = g.root.as_path();
+    match &cli.command {
+        Command::Create(a) => {
+            crate::container::create(root, &a.id, &a.bundle, a.pid_file.as_deref())?;
+            Ok(0)
+        }
+        Command::Start { id } => {
+            crate::container::start(root, id)?;
+            Ok(0)
+        }
+        Command::State { id } => {
+            let s = crate::state::Saved::load(root, id)?;
+            println!("{}", serde_json::to_string_pretty(&s.oci_state(root))?);
+            Ok(0)
+        }
+        Command::Kill { id, signal, all } => {
+            crate::container::kill(root, id, signal, *all)?;
+            Ok(0)
+        }
+        Command::Delete { id, force } => {
+            crate::container::delete(root, id, *force)?;
+            Ok(0)
+        }
+        Command::Run { create, detach } => {
+            let code = crate::container::run(
+                root,
+                &create.id,
+                &create.bundle,
+                create.pid_file.as_deref(),
+                *detach,
+            )?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+        Command::List { format, quiet } => {
+            let list = crate::container::list(root);
+            if *quiet {
+                for c in &list {
+                    println!("{}", c["id"].as_str().unwrap_or_default());
+                }
+            } else if format == "json" {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} {:<32}",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
+                for c in &list {
+                    println!(
+                        "{:<20} {:<8} {:<10} {:<40} {:<32}",
+                        c["id"].as_str().unwrap_or_default(),
+                        c["pid"],
+                        c["status"].as_str().unwrap_or_default(),
+                        c["bundle"].as_str().unwrap_or_default(),
+                        c["created"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Spec { bundle, rootless } => {
+            write_default_spec(bundle, *rootless)?;
+            Ok(0)
+        }
+        Command::Features => {
+            println!("{}", serde_json::to_string_pretty(&features())?);
+            Ok(0)
+        }
+    }
+}
+
+/// `spec`: runc's default config (sh in a busybox-style rootfs, the usual namespaces,
+/// mounts and masked paths).
+pub fn write_default_spec(bundle: &Path, rootless: bool) -> anyhow::Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        anyhow::bail!("{} already exists", path.display());
+    }
+    let mut spec = oci_spec::runtime::Spec::default();
+    if rootless {
+        spec.set_linux(spec.linux().clone().map(|mut l| {
+            let mut ns = l.namespaces().clone().unwrap_or_default();
+            ns.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+            if let Ok(user) = oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(oci_spec::runtime::LinuxNamespaceType::User)
+                .build()
+            {
+                ns.push(user);
+            }
+            l.set_namespaces(Some(ns));
+            l.set_resources(None);
+            l
+        }));
+    }
+    spec.save(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// What this runtime supports, in runtime-spec `features.json` form.
+pub fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync",
+            "remount", "mand", "noatime", "nodiratime", "relatime", "strictatime", "bind", "rbind",
+            "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": [],
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {"org.opencontainers.runc.version": "keel-containerd"}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_takes_options_after_the_id() {
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from([
+            "keel-containerd",
+            "--root",
+            "/r",
+            "create",
+            "c1",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+        ]);
+        match cli.command {
+            Command::Create(a) => {
+                assert_eq!((a.id.as_str(), a.bundle.as_path()), ("c1", Path::new("/b")))
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from([
+            "keel-containerd",
+            "kill",
+            "c1",
+            "KILL",
+            "--all",
+            "--log",
+            "/l",
+            "--log-format",
+            "json",
+        ]);
+        assert!(matches!(cli.command, Command::Kill { all: true, .. }));
+        assert_eq!(cli.global.log_format, "json");
+    }
+}

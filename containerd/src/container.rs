@@ -1,0 +1,310 @@
+//! The lifecycle: create → created → start → running → stopped → delete, each step
+//! checking where it may come from, persisted under `--root/<id>/`.
+
+use crate::cgroups::{self, Layout};
+use crate::linux;
+use crate::spec::Bundle;
+use crate::state::{EXEC_FIFO, Saved, StateError, Status};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error(transparent)]
+    Create(#[from] linux::CreateError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+    #[error("{path}: cannot {op}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id} is {status}, not {wanted}")]
+    WrongStatus {
+        id: String,
+        status: &'static str,
+        wanted: &'static str,
+    },
+    #[error("cannot delete container {0} that is not stopped: {1} (use --force)")]
+    Running(String, &'static str),
+    #[error("unknown signal {0:?}")]
+    Signal(String),
+    #[error("kill {id}: {source}")]
+    Kill {
+        id: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let path = path.to_path_buf();
+    move |source| ContainerError::Io { path, op, source }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `create`: the container exists, its init waits for `start`.
+pub fn create(
+    root: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    pid_file: Option<&Path>,
+) -> Result<Saved, ContainerError> {
+    let dir = crate::state::dir(root, id)?;
+    let bundle = Bundle::load(bundle_dir)?;
+    std::fs::create_dir_all(root).map_err(io(root, "create"))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(StateError::Exists(id.to_string()).into());
+        }
+        Err(e) => return Err(io(&dir, "create")(e)),
+    }
+    let mut cgroup_dirs = Vec::new();
+    let result = (|| {
+        let layout = Layout::detect()?;
+        let linux = bundle.spec.linux().as_ref();
+        let rel = cgroups::relative_path(linux.and_then(|l| l.cgroups_path().as_deref()), id);
+        cgroup_dirs = cgroups::create(&layout, &rel, linux.and_then(|l| l.resources().as_ref()))?;
+        let fifo = dir.join(EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .map_err(|e| io(&fifo, "create")(std::io::Error::from(e)))?;
+        let created = linux::spawn(&bundle, &fifo, &cgroup_dirs)?;
+        let start_time = crate::state::proc_start(created.pid)
+            .map(|s| s.0)
+            .unwrap_or(0);
+        let saved = Saved {
+            oci_version: bundle.spec.version().clone(),
+            id: id.to_string(),
+            pid: created.pid,
+            start_time,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            created: now_rfc3339(),
+            cgroup_dirs: cgroup_dirs.clone(),
+            poststop: crate::hooks::of(&bundle.spec, "poststop"),
+        };
+        saved.save(root)?;
+        let state = saved.oci_state(root).to_string();
+        crate::hooks::run(
+            "createRuntime",
+            &crate::hooks::of(&bundle.spec, "createRuntime"),
+            &state,
+        )?;
+        crate::hooks::run(
+            "prestart",
+            &crate::hooks::of(&bundle.spec, "prestart"),
+            &state,
+        )?;
+        if let Some(p) = pid_file {
+            std::fs::write(p, created.pid.to_string()).map_err(io(p, "write"))?;
+        }
+        Ok(saved)
+    })();
+    match result {
+        Ok(saved) => Ok(saved),
+        Err(e) => {
+            // Nothing left behind: the init, its cgroups, the state directory.
+            if let Ok(saved) = Saved::load(root, id) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(saved.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = cgroups::destroy(&cgroup_dirs);
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// `start`: release the init.
+pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status != Status::Created {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted: "created",
+        });
+    }
+    let fifo = root.join(id).join(EXEC_FIFO);
+    linux::release(&fifo).map_err(io(&fifo, "read"))?;
+    std::fs::remove_file(&fifo).map_err(io(&fifo, "remove"))?;
+    let spec = Bundle::load(&saved.bundle).map(|b| b.spec).ok();
+    if let Some(spec) = spec {
+        let state = saved.oci_state(root).to_string();
+        if let Err(e) =
+            crate::hooks::run("poststart", &crate::hooks::of(&spec, "poststart"), &state)
+        {
+            eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));
+        }
+    }
+    Ok(())
+}
+
+/// Signal names and numbers as `kill` takes them (`TERM`, `SIGTERM`, `15`).
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ContainerError> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| ContainerError::Signal(s.into()));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name).map_err(|_| ContainerError::Signal(s.into()))
+}
+
+/// `kill`: signal the init (or, with `all`, every process in its cgroups).
+pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), ContainerError> {
+    let sig = parse_signal(signal)?;
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status == Status::Stopped {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted: "created or running",
+        });
+    }
+    let targets = if all {
+        cgroups::pids(&saved.cgroup_dirs)
+    } else {
+        vec![saved.pid]
+    };
+    for pid in targets {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|source| {
+            ContainerError::Kill {
+                id: id.into(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// `delete`: remove a stopped container (`force`: kill it first).
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> {
+    let saved = match Saved::load(root, id) {
+        Ok(s) => s,
+        Err(StateError::NotFound(_)) if force => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let status = saved.status(root);
+    if status != Status::Stopped {
+        if !force {
+            return Err(ContainerError::Running(id.into(), status.as_str()));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(saved.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        for _ in 0..400 {
+            if !saved.alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    cgroups::destroy(&saved.cgroup_dirs)?;
+    let state = saved.oci_state(root).to_string();
+    if let Err(e) = crate::hooks::run("poststop", &saved.poststop, &state) {
+        eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));
+    }
+    let dir = root.join(id);
+    std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove"))?;
+    Ok(())
+}
+
+/// `run`: create, start, wait; returns the exit code to pass on (128 + signal when killed).
+pub fn run(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    pid_file: Option<&Path>,
+    detach: bool,
+) -> Result<i32, ContainerError> {
+    if !detach {
+        // The init is reparented to us when the intermediate exits, so we can wait for it.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|source| ContainerError::Kill {
+            id: id.into(),
+            source,
+        })?;
+    }
+    let saved = create(root, id, bundle, pid_file)?;
+    if let Err(e) = start(root, id) {
+        let _ = delete(root, id, true);
+        return Err(e);
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(saved.pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break 255,
+        }
+    };
+    delete(root, id, true)?;
+    Ok(code)
+}
+
+/// All containers under `root` with their status.
+pub fn list(root: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return out;
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    for id in ids {
+        if let Ok(s) = Saved::load(root, &id) {
+            out.push(s.oci_state(root));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigkill").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! Keel's container runtime: the OCI runtime command line (`create`, `start`, `state`,
+//! `kill`, `delete`, `run`, `list`, `spec`, `features`) on runtime-spec bundles.
+//!
+//! Flow: [`spec`] loads and checks `config.json`; [`container`] drives the lifecycle and
+//! persists [`state`]; [`cgroups`] creates the container's cgroups on any v1/hybrid/v2
+//! layout; [`linux`] forks the init into its namespaces, where [`mounts`] builds its
+//! filesystem, and blocks it until `start`; [`hooks`] run at each step.
+//!
+//! Not yet: user namespaces and rootless, capabilities and seccomp (the process keeps the
+//! runtime's capability sets), `exec`, `ps`, `pause`/`resume`, `events`, terminals
+//! (`--console-socket`), the systemd cgroup driver, images and the `run IMAGE` face.
+
+pub mod cgroups;
+pub mod cli;
+pub mod container;
+pub mod hooks;
+pub mod linux;
+pub mod mounts;
+pub mod spec;
+pub mod state;
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,371 @@
+//! The creation path: fork an intermediate process that joins or creates the namespaces
+//! and its cgroups, fork the container's init (PID 1 in the new PID namespace), set up its
+//! filesystem and process attributes, and block it on `exec.fifo` until `start`.
+//!
+//! ```text
+//! runtime ──fork──▶ intermediate: setns/unshare, join cgroups ──fork──▶ init
+//!    ▲                    │ "PID <n>" ─────────────┐                      │ mounts, pivot_root,
+//!    └──────── sync pipe ◀┘ exits                   └── "READY" / "ERR …" ◀┘ hostname, lo up;
+//!                                                          waits on exec.fifo, then execve
+//! ```
+//!
+//! This module holds the workspace's `unsafe`: `fork` (the process is single-threaded: the
+//! runtime never starts threads before creating a container), `_exit` in the children, and
+//! the `ioctl` that brings `lo` up.
+#![allow(unsafe_code)]
+
+use crate::mounts;
+use crate::spec::Bundle;
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::unistd::{ForkResult, Pid, fork};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("cannot {op}: {source}")]
+    Sys {
+        op: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("container init failed: {0}")]
+    Init(String),
+}
+
+fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> CreateError {
+    move |source| CreateError::Sys { op, source }
+}
+
+/// Which namespaces to create (flags) and which to join (type, path).
+pub fn namespaces(spec: &Spec) -> (CloneFlags, Vec<(CloneFlags, PathBuf)>) {
+    let mut new = CloneFlags::empty();
+    let mut join = Vec::new();
+    let list = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in list {
+        let flag = match ns.typ() {
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::Time => CloneFlags::empty(),
+        };
+        match ns.path() {
+            Some(p) => join.push((flag, p.clone())),
+            None => new |= flag,
+        }
+    }
+    (new, join)
+}
+
+/// What `create` learns from the children.
+#[derive(Debug)]
+pub struct Created {
+    pub pid: i32,
+}
+
+/// Forks the container. `fifo` must exist; `cgroup_dirs` are joined by the intermediate.
+/// Returns once the init waits on the fifo (or failed, with its message).
+pub fn spawn(
+    bundle: &Bundle,
+    fifo: &Path,
+    cgroup_dirs: &[PathBuf],
+) -> Result<Created, CreateError> {
+    let (rd, wr) = nix::unistd::pipe().map_err(sys("create the sync pipe"))?;
+    // SAFETY: the runtime is single-threaded here; the child only runs async-signal-safe
+    // work until it execs or exits with `_exit`.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut w = std::fs::File::from(wr);
+            let code = match intermediate(bundle, fifo, cgroup_dirs, &mut w) {
+                Ok(()) => 0,
+                Err(msg) => {
+                    let _ = writeln!(w, "ERR {msg}");
+                    1
+                }
+            };
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut reader = BufReader::new(std::fs::File::from(rd));
+            let mut pid = None;
+            let mut line = String::new();
+            let outcome = loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) => break Err("the container's init exited during setup".to_string()),
+                    Ok(_) => {}
+                    Err(e) => break Err(format!("sync pipe: {e}")),
+                }
+                let l = line.trim_end();
+                if let Some(p) = l.strip_prefix("PID ") {
+                    pid = p.parse::<i32>().ok();
+                } else if l == "READY" {
+                    break Ok(());
+                } else if let Some(msg) = l.strip_prefix("ERR ") {
+                    break Err(msg.to_string());
+                }
+            };
+            let _ = nix::sys::wait::waitpid(child, None);
+            match (outcome, pid) {
+                (Ok(()), Some(pid)) => Ok(Created { pid }),
+                (Ok(()), None) => Err(CreateError::Init("no pid reported".into())),
+                (Err(msg), pid) => {
+                    if let Some(p) = pid {
+                        let _ = nix::sys::signal::kill(
+                            Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    Err(CreateError::Init(msg))
+                }
+            }
+        }
+    }
+}
+
+/// In the intermediate: namespaces and cgroups, then fork the init and report its pid.
+fn intermediate(
+    bundle: &Bundle,
+    fifo: &Path,
+    cgroup_dirs: &[PathBuf],
+    w: &mut std::fs::File,
+) -> Result<(), String> {
+    let spec = &bundle.spec;
+    let (new, join) = namespaces(spec);
+    for (flag, path) in &join {
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+        setns(f, *flag).map_err(|e| format!("join namespace {}: {e}", path.display()))?;
+    }
+    // Into the cgroups before the init exists, so it never runs outside them.
+    crate::cgroups::attach(cgroup_dirs, std::process::id() as i32)
+        .map_err(|e| crate::error_chain(&e))?;
+    if !new.is_empty() {
+        unshare(new).map_err(|e| format!("unshare {new:?}: {e}"))?;
+    }
+    // The init must hold the fifo before pivot_root hides the runtime's directory.
+    let fifo_fd: OwnedFd = nix::fcntl::open(
+        fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    .map_err(|e| format!("open {}: {e}", fifo.display()))?;
+    // SAFETY: as in `spawn`.
+    match unsafe { fork() }.map_err(|e| format!("fork the init: {e}"))? {
+        ForkResult::Child => {
+            let code = match init(bundle, new, &fifo_fd, w) {
+                Ok(never) => match never {},
+                Err(msg) => {
+                    let _ = writeln!(w, "ERR {msg}");
+                    1
+                }
+            };
+            // SAFETY: as above.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            writeln!(w, "PID {child}").map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+}
+
+enum Never {}
+
+/// In the init (PID 1 of a new PID namespace when asked): everything up to `execve`.
+fn init(
+    bundle: &Bundle,
+    new: CloneFlags,
+    fifo: &OwnedFd,
+    w: &mut std::fs::File,
+) -> Result<Never, String> {
+    let spec = &bundle.spec;
+    let process = spec.process().as_ref().expect("checked at load");
+    if new.contains(CloneFlags::CLONE_NEWNS) {
+        mounts::prepare_rootfs(spec, &bundle.rootfs).map_err(|e| crate::error_chain(&e))?;
+        run_hooks_inside(spec, "createContainer", bundle)?;
+        mounts::pivot(&bundle.rootfs).map_err(|e| crate::error_chain(&e))?;
+        mounts::finish(spec).map_err(|e| crate::error_chain(&e))?;
+    } else {
+        nix::unistd::chroot(&bundle.rootfs)
+            .map_err(|e| format!("chroot {}: {e}", bundle.rootfs.display()))?;
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    }
+    if new.contains(CloneFlags::CLONE_NEWUTS)
+        && let Some(h) = spec.hostname()
+    {
+        nix::unistd::sethostname(h).map_err(|e| format!("hostname {h:?}: {e}"))?;
+    }
+    if new.contains(CloneFlags::CLONE_NEWNET) {
+        loopback_up().map_err(|e| format!("bring lo up: {e}"))?;
+    }
+    if let Some(linux) = spec.linux() {
+        for (k, v) in linux.sysctl().clone().unwrap_or_default() {
+            let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+            std::fs::write(&p, &v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+        }
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
+    }
+    for r in process.rlimits().as_deref().unwrap_or_default() {
+        let res = rlimit_resource(&format!("{:?}", r.typ()))
+            .ok_or_else(|| format!("process.rlimits: unknown type {:?}", r.typ()))?;
+        nix::sys::resource::setrlimit(res, r.soft(), r.hard())
+            .map_err(|e| format!("process.rlimits {:?}: {e}", r.typ()))?;
+    }
+    // Ready: `create` may return. Wait for `start`.
+    writeln!(w, "READY").map_err(|e| e.to_string())?;
+    let reopen = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&reopen)
+        .map_err(|e| format!("open exec fifo: {e}"))?;
+    f.write_all(&[0])
+        .map_err(|e| format!("write exec fifo: {e}"))?;
+    drop(f);
+    run_hooks_inside(spec, "startContainer", bundle)?;
+    set_user_and_caps(process)?;
+    if process.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("noNewPrivileges: {e}"))?;
+    }
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd.as_path()).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
+    let args = process.args().clone().unwrap_or_default();
+    let env = process.env().clone().unwrap_or_default();
+    let program = find_program(&args[0], &env)
+        .ok_or_else(|| format!("process.args[0] {:?}: not found in the container", args[0]))?;
+    let c = |s: &str| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
+    let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let prog = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| "NUL in path".to_string())?;
+    let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+    Err(format!("exec {}: {e}", program.display()))
+}
+
+fn run_hooks_inside(spec: &Spec, kind: &'static str, bundle: &Bundle) -> Result<(), String> {
+    let hooks = crate::hooks::of(spec, kind);
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let state = serde_json::json!({
+        "ociVersion": spec.version(),
+        "id": "",
+        "status": "created",
+        "pid": std::process::id(),
+        "bundle": bundle.dir,
+    })
+    .to_string();
+    crate::hooks::run(kind, &hooks, &state).map_err(|e| crate::error_chain(&e))
+}
+
+fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    let upper = name.to_ascii_uppercase();
+    let short = upper.trim_start_matches("RLIMIT").trim_start_matches('_');
+    Some(match short {
+        "AS" => R::RLIMIT_AS,
+        "CORE" => R::RLIMIT_CORE,
+        "CPU" => R::RLIMIT_CPU,
+        "DATA" => R::RLIMIT_DATA,
+        "FSIZE" => R::RLIMIT_FSIZE,
+        "LOCKS" => R::RLIMIT_LOCKS,
+        "MEMLOCK" => R::RLIMIT_MEMLOCK,
+        "MSGQUEUE" => R::RLIMIT_MSGQUEUE,
+        "NICE" => R::RLIMIT_NICE,
+        "NOFILE" => R::RLIMIT_NOFILE,
+        "NPROC" => R::RLIMIT_NPROC,
+        "RSS" => R::RLIMIT_RSS,
+        "RTPRIO" => R::RLIMIT_RTPRIO,
+        "RTTIME" => R::RLIMIT_RTTIME,
+        "SIGPENDING" => R::RLIMIT_SIGPENDING,
+        "STACK" => R::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<(), String> {
+    let user = process.user();
+    let gids: Vec<nix::unistd::Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(|e| format!("process.user.additionalGids: {e}"))?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(user.gid()))
+        .map_err(|e| format!("process.user.gid {}: {e}", user.gid()))?;
+    if user.uid() != 0 {
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(user.uid()))
+            .map_err(|e| format!("process.user.uid {}: {e}", user.uid()))?;
+    }
+    Ok(())
+}
+
+/// `args[0]` as execve needs it: a path, or looked up in the container's `PATH`.
+fn find_program(arg0: &str, env: &[String]) -> Option<PathBuf> {
+    if arg0.contains('/') {
+        return Some(PathBuf::from(arg0));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':').map(|d| Path::new(d).join(arg0)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+    })
+}
+
+/// `ip link set lo up`, with the SIOCGIFFLAGS/SIOCSIFFLAGS ioctls.
+fn loopback_up() -> std::io::Result<()> {
+    use nix::libc;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    // SAFETY: ifreq is plain data; the name is NUL-terminated; the ioctls only read/write it.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Reads a one-byte token from the fifo, releasing the init (`start`).
+pub fn release(fifo: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(fifo)?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)
+}

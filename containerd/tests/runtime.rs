@@ -1,0 +1,421 @@
+//! Real containers on this machine (root, cgroup v1 hybrid): isolation, exit codes, the
+//! lifecycle and its errors, memory/pids/cpu limits, hooks, bad bundles, and nothing left
+//! behind after `delete`.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keel-containerd");
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    bundle: PathBuf,
+}
+
+/// A bundle with a busybox rootfs and `keel-containerd spec`'s config, changed by `edit`.
+fn fixture(edit: impl FnOnce(&mut Value)) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/usr/bin/busybox", bin.join("busybox"))
+        .expect("busybox-static must be installed");
+    for app in [
+        "sh", "true", "sleep", "ls", "cat", "echo", "hostname", "touch", "dd", "seq", "head", "id",
+        "mount", "wc",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(app)).unwrap();
+    }
+    std::fs::create_dir_all(bundle.join("rootfs/tmp")).unwrap();
+    let out = Command::new(BIN)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = bundle.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = json!(false);
+    config["hostname"] = json!("keel-test");
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    Fixture {
+        root: dir.path().join("state"),
+        bundle,
+        dir,
+    }
+}
+
+fn args(cmd: &str) -> impl FnOnce(&mut Value) {
+    let cmd = cmd.to_string();
+    move |c: &mut Value| c["process"]["args"] = json!(["sh", "-c", cmd])
+}
+
+impl Fixture {
+    fn rt(&self, a: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--root")
+            .arg(&self.root)
+            .args(a)
+            .output()
+            .unwrap()
+    }
+
+    /// For commands whose container outlives them (`create`, `run -d`): the container
+    /// inherits stdout/stderr, so they go to files instead of pipes.
+    fn rt_detached(&self, a: &[&str]) -> (bool, String) {
+        let err = self.dir.path().join(format!("err-{}", fastrand_name()));
+        let out = Command::new(BIN)
+            .arg("--root")
+            .arg(&self.root)
+            .args(a)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(self.dir.path().join("container.out")).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        (
+            out.success(),
+            std::fs::read_to_string(&err).unwrap_or_default(),
+        )
+    }
+
+    fn run(&self, id: &str) -> Output {
+        self.rt(&["run", id, "--bundle", self.bundle.to_str().unwrap()])
+    }
+
+    fn state(&self, id: &str) -> Value {
+        let out = self.rt(&["state", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_stopped(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.state(id)["status"] != "stopped" {
+            assert!(Instant::now() < deadline, "{id} never stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn fastrand_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst).to_string()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn mountinfo_mentions(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(p.to_str().unwrap())
+}
+
+fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join("keel")
+        .join(id)
+}
+
+#[test]
+fn isolation() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "echo pid=$$; echo host=$(hostname); ls /; cat /proc/net/dev | tail -n +3 | cut -d: -f1; \
+             touch /x 2>&1 || echo ro-root; echo keys=$(cat /proc/keys | wc -c); \
+             echo timer=$(cat /proc/timer_list | wc -c); echo acpi=$(ls /proc/acpi | wc -l); id -u"
+        ]);
+        c["root"]["readonly"] = json!(true);
+    });
+    let out = f.run("iso");
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}{}", text(&out.stderr));
+    assert!(so.contains("pid=1\n"), "PID 1 inside: {so}");
+    assert!(so.contains("host=keel-test\n"), "{so}");
+    let listing: Vec<&str> = so
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.contains("lo"))
+        .collect();
+    assert_eq!(
+        listing,
+        ["bin", "dev", "proc", "sys", "tmp"],
+        "only the rootfs: {so}"
+    );
+    let ifaces: Vec<&str> = so
+        .lines()
+        .filter(|l| l.trim() == "lo" || l.trim().starts_with("eth"))
+        .collect();
+    assert_eq!(
+        ifaces.iter().map(|s| s.trim()).collect::<Vec<_>>(),
+        ["lo"],
+        "only lo: {so}"
+    );
+    assert!(
+        so.contains("ro-root"),
+        "a write to the read-only root fails: {so}"
+    );
+    // Masked paths present on this kernel read as empty.
+    for (p, line) in [
+        ("/proc/keys", "keys=0"),
+        ("/proc/timer_list", "timer=0"),
+        ("/proc/acpi", "acpi=0"),
+    ] {
+        if Path::new(p).exists() {
+            assert!(so.contains(line), "{p} must be masked: {so}");
+        }
+    }
+    assert!(so.trim_end().ends_with('0'), "uid 0: {so}");
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    let f = fixture(args("exit 7"));
+    assert_eq!(f.run("e7").status.code(), Some(7));
+    // Killed from outside (PID 1 ignores signals it has no handler for from inside).
+    let f = fixture(args("sleep 30"));
+    let mut run = Command::new(BIN)
+        .arg("--root")
+        .arg(&f.root)
+        .args(["run", "e9", "--bundle", f.bundle.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.rt(&["state", "e9"]).status.success() || f.state("e9")["status"] != "running" {
+        assert!(Instant::now() < deadline, "never running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(f.rt(&["kill", "e9", "KILL"]).status.success());
+    assert_eq!(run.wait().unwrap().code(), Some(137));
+    assert!(!f.root.join("e9").exists(), "run deletes the container");
+}
+
+#[test]
+fn lifecycle_and_its_errors() {
+    let f = fixture(args("sleep 30"));
+    let b = f.bundle.to_str().unwrap();
+    let pid_file = f.dir.path().join("pid");
+    let (ok, err) = f.rt_detached(&[
+        "create",
+        "c1",
+        "--bundle",
+        b,
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let s = f.state("c1");
+    assert_eq!(
+        (s["id"].as_str(), s["status"].as_str()),
+        (Some("c1"), Some("created"))
+    );
+    assert_eq!(
+        s["pid"].as_i64().unwrap().to_string(),
+        std::fs::read_to_string(&pid_file).unwrap()
+    );
+    assert_eq!(s["bundle"].as_str(), Some(b));
+    assert!(s["ociVersion"].as_str().unwrap().starts_with("1."));
+    // Create again: refused.
+    let (ok, err) = f.rt_detached(&["create", "c1", "--bundle", b]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    assert!(f.rt(&["start", "c1"]).status.success());
+    assert_eq!(f.state("c1")["status"], "running");
+    let twice = f.rt(&["start", "c1"]);
+    assert!(!twice.status.success() && text(&twice.stderr).contains("is running, not created"));
+    let del = f.rt(&["delete", "c1"]);
+    assert!(!del.status.success() && text(&del.stderr).contains("not stopped"));
+    let list = f.rt(&["list", "--format", "json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["id"], "c1");
+    assert!(f.rt(&["kill", "c1", "KILL"]).status.success());
+    f.wait_stopped("c1");
+    assert_eq!(f.state("c1")["pid"], 0);
+    let k = f.rt(&["kill", "c1", "TERM"]);
+    assert!(!k.status.success() && text(&k.stderr).contains("stopped"));
+    assert!(f.rt(&["delete", "c1"]).status.success());
+    let gone = f.rt(&["state", "c1"]);
+    assert!(!gone.status.success() && text(&gone.stderr).contains("does not exist"));
+    // A running container goes with --force, and nothing is left.
+    assert!(f.rt_detached(&["create", "c2", "--bundle", b]).0);
+    assert!(f.rt(&["start", "c2"]).status.success());
+    assert!(cgroup_dir("memory", "c2").exists());
+    assert!(f.rt(&["delete", "--force", "c2"]).status.success());
+    for ctrl in [
+        "memory", "pids", "cpu", "cpuacct", "cpuset", "freezer", "unified",
+    ] {
+        assert!(!cgroup_dir(ctrl, "c2").exists(), "{ctrl} cgroup left");
+    }
+    assert!(!f.root.join("c2").exists(), "state left");
+    assert!(
+        !mountinfo_mentions(&f.bundle),
+        "mounts leaked into the host"
+    );
+    // A created (never started) container is deleted too.
+    assert!(f.rt_detached(&["create", "c3", "--bundle", b]).0);
+    assert!(f.rt(&["delete", "-f", "c3"]).status.success());
+    assert!(!cgroup_dir("pids", "c3").exists());
+}
+
+#[test]
+fn memory_limit_oom_kills() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+        c["linux"]["resources"] =
+            json!({"memory": {"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024}});
+    });
+    let b = f.bundle.to_str().unwrap();
+    assert!(f.rt_detached(&["create", "oom", "--bundle", b]).0);
+    let limit =
+        std::fs::read_to_string(cgroup_dir("memory", "oom").join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (16 * 1024 * 1024).to_string());
+    assert!(f.rt(&["start", "oom"]).status.success());
+    f.wait_stopped("oom");
+    let oom =
+        std::fs::read_to_string(cgroup_dir("memory", "oom").join("memory.oom_control")).unwrap();
+    let kills: u64 = oom
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kills >= 1, "{oom}");
+    assert!(f.rt(&["delete", "oom"]).status.success());
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["sh", "-c", "for i in $(seq 40); do sleep 1 & done; wait"]);
+        c["linux"]["resources"] = json!({"pids": {"limit": 10}});
+    });
+    let out = f.run("bomb");
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        all.contains("can't fork") || all.contains("Resource temporarily unavailable"),
+        "{all}"
+    );
+}
+
+#[test]
+fn cpu_quota_throttles() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["sh", "-c", "while :; do :; done"]);
+        c["linux"]["resources"] = json!({"cpu": {"quota": 10000, "period": 100000, "shares": 512}});
+    });
+    let b = f.bundle.to_str().unwrap();
+    assert!(f.rt_detached(&["create", "cpu", "--bundle", b]).0);
+    let dir = cgroup_dir("cpu", "cpu");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "10000"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cpu.shares"))
+            .unwrap()
+            .trim(),
+        "512"
+    );
+    assert!(f.rt(&["start", "cpu"]).status.success());
+    std::thread::sleep(Duration::from_millis(700));
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(throttled > 0, "{stat}");
+    assert!(f.rt(&["delete", "-f", "cpu"]).status.success());
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo \"{name} $s\" >> {}", log.display())]});
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["true"]);
+        c["hooks"] = json!({
+            "createRuntime": [hook("createRuntime")],
+            "prestart": [hook("prestart")],
+            "createContainer": [hook("createContainer")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        });
+    });
+    let out = f.run("hooked");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        order,
+        [
+            "createContainer",
+            "createRuntime",
+            "prestart",
+            "poststart",
+            "poststop"
+        ],
+        "{text}"
+    );
+    let poststop: Value =
+        serde_json::from_str(text.lines().last().unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(poststop["id"], "hooked");
+    assert_eq!(poststop["status"], "stopped");
+}
+
+#[test]
+fn bad_bundles_name_the_field_and_leave_nothing() {
+    let f = fixture(|c| c["ociVersion"] = json!("2.0.0"));
+    let out = f.run("v2");
+    let e = text(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("config.json") && e.contains("ociVersion"),
+        "{e}"
+    );
+    let f = fixture(|c| c["root"]["path"] = json!("missing"));
+    let e = text(&f.run("nr").stderr);
+    assert!(e.contains("root.path"), "{e}");
+    let f = fixture(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data", "type": "nosuchfs", "source": "x"}));
+    });
+    let out = f.run("badmount");
+    let e = text(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("/data") && e.contains("nosuchfs"),
+        "{e}"
+    );
+    assert!(!f.root.join("badmount").exists(), "no state left");
+    for ctrl in ["memory", "pids", "unified"] {
+        assert!(!cgroup_dir(ctrl, "badmount").exists(), "{ctrl} cgroup left");
+    }
+    let f = fixture(args("true"));
+    let e = text(&f.rt(&["state", "../x"]).stderr);
+    assert!(e.contains("invalid container id"), "{e}");
+}
