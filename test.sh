@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk)
+APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
