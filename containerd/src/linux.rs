@@ -171,8 +171,11 @@ fn intermediate(
             let code = match init(bundle, new, &fifo_fd, w) {
                 Ok(never) => match never {},
                 Err(msg) => {
+                    // Before READY the runtime reads this; after, only the container's
+                    // stderr is left to tell.
+                    eprintln!("keel-containerd: container init: {msg}");
                     let _ = writeln!(w, "ERR {msg}");
-                    1
+                    127
                 }
             };
             // SAFETY: as above.
@@ -301,7 +304,48 @@ fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
     })
 }
 
+/// The capability set named in the spec (unknown names are an error naming the field).
+fn cap_set(
+    field: &'static str,
+    set: Option<&oci_spec::runtime::Capabilities>,
+) -> Result<caps::CapsHashSet, String> {
+    let mut out = caps::CapsHashSet::new();
+    for c in set.into_iter().flatten() {
+        let name = c.to_string();
+        let name = if name.starts_with("CAP_") {
+            name
+        } else {
+            format!("CAP_{}", name.to_ascii_uppercase())
+        };
+        let cap: caps::Capability = name
+            .parse()
+            .map_err(|_| format!("process.capabilities.{field}: unknown capability {name}"))?;
+        out.insert(cap);
+    }
+    Ok(out)
+}
+
 fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<(), String> {
+    let spec_caps = process.capabilities().as_ref();
+    let bounding = cap_set("bounding", spec_caps.and_then(|c| c.bounding().as_ref()))?;
+    let effective = cap_set("effective", spec_caps.and_then(|c| c.effective().as_ref()))?;
+    let permitted = cap_set("permitted", spec_caps.and_then(|c| c.permitted().as_ref()))?;
+    let inheritable = cap_set(
+        "inheritable",
+        spec_caps.and_then(|c| c.inheritable().as_ref()),
+    )?;
+    let ambient = cap_set("ambient", spec_caps.and_then(|c| c.ambient().as_ref()))?;
+    // Bounding set first (needs CAP_SETPCAP, which we still have).
+    for cap in caps::all() {
+        if !bounding.contains(&cap)
+            && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false)
+        {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| format!("process.capabilities.bounding: drop {cap}: {e}"))?;
+        }
+    }
+    // Keep the permitted set across the uid change, then set every set exactly.
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keep capabilities: {e}"))?;
     let user = process.user();
     let gids: Vec<nix::unistd::Gid> = user
         .additional_gids()
@@ -316,6 +360,21 @@ fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<(), String>
     if user.uid() != 0 {
         nix::unistd::setuid(nix::unistd::Uid::from_raw(user.uid()))
             .map_err(|e| format!("process.user.uid {}: {e}", user.uid()))?;
+    }
+    let set = |which, name: &'static str, v: &caps::CapsHashSet| {
+        caps::set(None, which, v).map_err(|e| format!("process.capabilities.{name}: {e}"))
+    };
+    // The effective set must stay within the permitted one at every step.
+    let narrowed: caps::CapsHashSet = effective.intersection(&permitted).copied().collect();
+    set(caps::CapSet::Effective, "effective", &narrowed)?;
+    set(caps::CapSet::Permitted, "permitted", &permitted)?;
+    set(caps::CapSet::Inheritable, "inheritable", &inheritable)?;
+    set(caps::CapSet::Effective, "effective", &effective)?;
+    caps::clear(None, caps::CapSet::Ambient)
+        .map_err(|e| format!("process.capabilities.ambient: {e}"))?;
+    for cap in &ambient {
+        caps::raise(None, caps::CapSet::Ambient, *cap)
+            .map_err(|e| format!("process.capabilities.ambient: raise {cap}: {e}"))?;
     }
     Ok(())
 }

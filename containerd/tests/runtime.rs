@@ -419,3 +419,35 @@ fn bad_bundles_name_the_field_and_leave_nothing() {
     let e = text(&f.rt(&["state", "../x"]).stderr);
     assert!(e.contains("invalid container id"), "{e}");
 }
+
+#[test]
+fn user_capabilities_no_new_privs_and_rlimits() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; id; ulimit -n"
+        ]);
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+    });
+    let out = f.run("caps");
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}{}", text(&out.stderr));
+    // The spec's default sets: CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE.
+    for set in ["CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            so.contains(&format!("{set}:\t0000000020000420")),
+            "{set}: {so}"
+        );
+    }
+    assert!(so.contains("NoNewPrivs:\t1"), "{so}");
+    assert!(so.contains("uid=1000 gid=1000 groups=5"), "{so}");
+    assert!(so.trim_end().ends_with("256"), "{so}");
+    let f = fixture(|c| c["process"]["capabilities"]["bounding"] = json!(["CAP_NOPE"]));
+    let e = text(&f.run("badcap").stderr);
+    assert!(
+        e.contains("process.capabilities") || e.contains("CAP_NOPE") || e.contains("config.json"),
+        "{e}"
+    );
+}
