@@ -389,7 +389,7 @@ pub fn pids(dirs: &[PathBuf]) -> Vec<i32> {
 
 /// Kills every process in the directories and removes them.
 pub fn destroy(dirs: &[PathBuf]) -> Result<(), CgroupError> {
-    for _ in 0..200 {
+    for _ in 0..5000 {
         let left = pids(dirs);
         if left.is_empty() {
             break;
@@ -400,14 +400,14 @@ pub fn destroy(dirs: &[PathBuf]) -> Result<(), CgroupError> {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
     for d in dirs {
         if !d.exists() {
             continue;
         }
         let mut ok = false;
-        for _ in 0..200 {
+        for _ in 0..5000 {
             match std::fs::remove_dir(d) {
                 Ok(()) => {
                     ok = true;
@@ -417,7 +417,7 @@ pub fn destroy(dirs: &[PathBuf]) -> Result<(), CgroupError> {
                     ok = true;
                     break;
                 }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
             }
         }
         if !ok {
