@@ -363,6 +363,62 @@ pub fn apply(layout: &Layout, rel: &Path, r: &LinuxResources) -> Result<(), Cgro
     Ok(())
 }
 
+/// Freezes (or thaws) the container's processes: the v1 freezer (`freezer.state`), else
+/// cgroup v2's `cgroup.freeze`; waits until the kernel reports the new state.
+pub fn freeze(layout: &Layout, rel: &Path, frozen: bool) -> Result<(), CgroupError> {
+    let (dir, v2) = layout
+        .dir_for("freezer", rel)
+        .or_else(|| layout.v2().map(|h| (h.mount.join(rel), true)))
+        .ok_or_else(|| CgroupError::NoCgroups("no freezer".into()))?;
+    let (file, value, done): (&str, &str, &dyn Fn(&str) -> bool) = if v2 {
+        (
+            "cgroup.freeze",
+            if frozen { "1" } else { "0" },
+            if frozen {
+                &|e: &str| e.contains("frozen 1")
+            } else {
+                &|e: &str| e.contains("frozen 0")
+            },
+        )
+    } else {
+        (
+            "freezer.state",
+            if frozen { "FROZEN" } else { "THAWED" },
+            if frozen {
+                &|e: &str| e.trim() == "FROZEN"
+            } else {
+                &|e: &str| e.trim() == "THAWED"
+            },
+        )
+    };
+    let check = if v2 {
+        dir.join("cgroup.events")
+    } else {
+        dir.join("freezer.state")
+    };
+    for _ in 0..2000 {
+        write(&dir.join(file), value)?;
+        if done(&std::fs::read_to_string(&check).unwrap_or_default()) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    Err(CgroupError::Busy { path: dir })
+}
+
+/// Whether the container's cgroup is frozen.
+pub fn is_frozen(layout: &Layout, rel: &Path) -> bool {
+    match layout.dir_for("freezer", rel) {
+        Some((d, false)) => {
+            std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+        }
+        _ => layout.v2().is_some_and(|h| {
+            std::fs::read_to_string(h.mount.join(rel).join("cgroup.events"))
+                .is_ok_and(|e| e.contains("frozen 1"))
+        }),
+    }
+}
+
 /// Moves `pid` into every directory.
 pub fn attach(dirs: &[PathBuf], pid: i32) -> Result<(), CgroupError> {
     for d in dirs {

@@ -116,6 +116,26 @@ pub enum Command {
         #[arg(short, long)]
         detach: bool,
     },
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List the container's processes.
+    Ps {
+        id: String,
+        /// `table` or `json` (pids).
+        #[arg(short, long, default_value = "table")]
+        format: String,
+    },
+    /// Print resource usage: once with --stats, else every --interval until it stops.
+    Events {
+        id: String,
+        #[arg(long)]
+        stats: bool,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+    },
     /// List containers.
     List {
         /// `table` or `json`.
@@ -176,6 +196,42 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
             )?;
             Ok(code.clamp(0, 255) as u8)
         }
+        Command::Pause { id } => {
+            crate::container::pause(root, id)?;
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            crate::container::resume(root, id)?;
+            Ok(0)
+        }
+        Command::Ps { id, format } => {
+            let procs = crate::container::processes(root, id)?;
+            if format == "json" {
+                let pids: Vec<i32> = procs.iter().map(|p| p.0).collect();
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("{:<8} {:<8} {:<8} CMD", "UID", "PID", "PPID");
+                for (pid, ppid, uid, cmd) in procs {
+                    println!("{uid:<8} {pid:<8} {ppid:<8} {cmd}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Events {
+            id,
+            stats,
+            interval,
+        } => loop {
+            println!("{}", crate::container::stats(root, id)?);
+            if *stats {
+                return Ok(0);
+            }
+            let saved = crate::state::Saved::load(root, id)?;
+            if saved.status(root) == crate::state::Status::Stopped {
+                return Ok(0);
+            }
+            std::thread::sleep(std::time::Duration::from_secs((*interval).max(1)));
+        },
         Command::List { format, quiet } => {
             let list = crate::container::list(root);
             if *quiet {

@@ -102,6 +102,7 @@ pub fn create(
                 .collect(),
             created: now_rfc3339(),
             cgroup_dirs: cgroup_dirs.clone(),
+            cgroup_path: rel.clone(),
             poststop: crate::hooks::of(&bundle.spec, "poststop"),
         };
         saved.save(root)?;
@@ -219,6 +220,11 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         if !force {
             return Err(ContainerError::Running(id.into(), status.as_str()));
         }
+        if status == Status::Paused {
+            // A frozen process cannot die: thaw first.
+            let layout = Layout::detect()?;
+            cgroups::freeze(&layout, &saved.cgroup_path, false)?;
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(saved.pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -274,6 +280,78 @@ pub fn run(
     };
     delete(root, id, true)?;
     Ok(code)
+}
+
+/// `pause`: freeze every process of a running container.
+pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status != Status::Running {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted: "running",
+        });
+    }
+    cgroups::freeze(&Layout::detect()?, &saved.cgroup_path, true)?;
+    Ok(())
+}
+
+/// `resume`: thaw a paused container.
+pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status != Status::Paused {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted: "paused",
+        });
+    }
+    cgroups::freeze(&Layout::detect()?, &saved.cgroup_path, false)?;
+    Ok(())
+}
+
+/// The processes of a container: (pid, ppid, uid, command line).
+pub fn processes(root: &Path, id: &str) -> Result<Vec<(i32, i32, u32, String)>, ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let mut out = Vec::new();
+    for pid in cgroups::pids(&saved.cgroup_dirs) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        out.push((pid, field("PPid:") as i32, field("Uid:") as u32, cmd));
+    }
+    Ok(out)
+}
+
+/// Runtime-style stats of a container (`events --stats`).
+pub fn stats(root: &Path, id: &str) -> Result<serde_json::Value, ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let s = cgroups::stats(&Layout::detect()?, &saved.cgroup_path);
+    Ok(serde_json::json!({
+        "type": "stats",
+        "id": id,
+        "data": {
+            "cpu": {"usage": {"total": s.cpu_usage_ns}, "throttling": {"throttledPeriods": s.cpu_throttled_periods}},
+            "memory": {"usage": {"usage": s.memory_usage, "limit": s.memory_limit}, "oomKills": s.oom_kills},
+            "pids": {"current": s.pids_current, "limit": s.pids_limit},
+        }
+    }))
 }
 
 /// All containers under `root` with their status.

@@ -1,5 +1,6 @@
 //! Keel's container runtime: the OCI runtime command line (`create`, `start`, `state`,
-//! `kill`, `delete`, `run`, `list`, `spec`, `features`) on runtime-spec bundles.
+//! `kill`, `delete`, `run`, `pause`, `resume`, `ps`, `events`, `list`, `spec`, `features`)
+//! on runtime-spec bundles.
 //!
 //! Flow: [`spec`] loads and checks `config.json`; [`container`] drives the lifecycle and
 //! persists [`state`]; [`cgroups`] creates the container's cgroups on any v1/hybrid/v2
@@ -7,7 +8,7 @@
 //! filesystem, and blocks it until `start`; [`hooks`] run at each step.
 //!
 //! Not yet: user namespaces and rootless, capabilities and seccomp (the process keeps the
-//! runtime's capability sets), `exec`, `ps`, `pause`/`resume`, `events`, terminals
+//! `exec`, `update`, terminals
 //! (`--console-socket`), the systemd cgroup driver, images and the `run IMAGE` face.
 
 pub mod cgroups;

@@ -41,6 +41,7 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -50,6 +51,7 @@ impl Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -72,6 +74,9 @@ pub struct Saved {
     /// Cgroup directories the container's processes live in.
     #[serde(default)]
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The container's cgroup path relative to each hierarchy.
+    #[serde(default)]
+    pub cgroup_path: PathBuf,
     /// Hooks to run after the container stops (`poststop`), from the spec.
     #[serde(default)]
     pub poststop: Vec<crate::hooks::Hook>,
@@ -155,6 +160,10 @@ impl Saved {
         let fifo = root.join(&self.id).join(EXEC_FIFO);
         if fifo.exists() {
             Status::Created
+        } else if crate::cgroups::Layout::detect()
+            .is_ok_and(|l| crate::cgroups::is_frozen(&l, &self.cgroup_path))
+        {
+            Status::Paused
         } else {
             Status::Running
         }

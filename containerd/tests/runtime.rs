@@ -451,3 +451,56 @@ fn user_capabilities_no_new_privs_and_rlimits() {
         "{e}"
     );
 }
+
+#[test]
+fn pause_resume_ps_and_stats() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["sh", "-c", "sleep 30 & wait"]);
+        c["linux"]["resources"] =
+            json!({"pids": {"limit": 20}, "memory": {"limit": 64 * 1024 * 1024}});
+    });
+    let b = f.bundle.to_str().unwrap();
+    assert!(f.rt_detached(&["create", "p1", "--bundle", b]).0);
+    assert!(f.rt(&["start", "p1"]).status.success());
+    let init = f.state("p1")["pid"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pids: Vec<i64> = loop {
+        let out = f.rt(&["ps", "p1", "--format", "json"]);
+        let pids: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap();
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "expected sh and sleep: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(pids.contains(&init), "{pids:?} {init}");
+    let table = text(&f.rt(&["ps", "p1"]).stdout);
+    assert!(
+        table.starts_with("UID") && table.contains("sleep 30"),
+        "{table}"
+    );
+    let stats: Value = serde_json::from_slice(&f.rt(&["events", "p1", "--stats"]).stdout).unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["data"]["pids"]["current"], 2);
+    assert_eq!(stats["data"]["pids"]["limit"], 20);
+    assert_eq!(stats["data"]["memory"]["usage"]["limit"], 64 * 1024 * 1024);
+    assert!(stats["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+
+    assert!(f.rt(&["pause", "p1"]).status.success());
+    assert_eq!(f.state("p1")["status"], "paused");
+    let freezer =
+        std::fs::read_to_string(cgroup_dir("freezer", "p1").join("freezer.state")).unwrap();
+    assert_eq!(freezer.trim(), "FROZEN");
+    let again = f.rt(&["pause", "p1"]);
+    assert!(!again.status.success() && text(&again.stderr).contains("is paused, not running"));
+    assert!(f.rt(&["resume", "p1"]).status.success());
+    assert_eq!(f.state("p1")["status"], "running");
+    let not_paused = f.rt(&["resume", "p1"]);
+    assert!(!not_paused.status.success() && text(&not_paused.stderr).contains("not paused"));
+    // A paused container is deleted with --force (thawed first, then killed).
+    assert!(f.rt(&["pause", "p1"]).status.success());
+    let del = f.rt(&["delete", "--force", "p1"]);
+    assert!(del.status.success(), "{}", text(&del.stderr));
+    assert!(!cgroup_dir("freezer", "p1").exists());
+    assert!(!f.root.join("p1").exists());
+}
