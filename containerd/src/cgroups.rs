@@ -370,35 +370,17 @@ pub fn freeze(layout: &Layout, rel: &Path, frozen: bool) -> Result<(), CgroupErr
         .dir_for("freezer", rel)
         .or_else(|| layout.v2().map(|h| (h.mount.join(rel), true)))
         .ok_or_else(|| CgroupError::NoCgroups("no freezer".into()))?;
-    let (file, value, done): (&str, &str, &dyn Fn(&str) -> bool) = if v2 {
-        (
-            "cgroup.freeze",
-            if frozen { "1" } else { "0" },
-            if frozen {
-                &|e: &str| e.contains("frozen 1")
-            } else {
-                &|e: &str| e.contains("frozen 0")
-            },
-        )
-    } else {
-        (
-            "freezer.state",
-            if frozen { "FROZEN" } else { "THAWED" },
-            if frozen {
-                &|e: &str| e.trim() == "FROZEN"
-            } else {
-                &|e: &str| e.trim() == "THAWED"
-            },
-        )
-    };
-    let check = if v2 {
-        dir.join("cgroup.events")
-    } else {
-        dir.join("freezer.state")
+    // (file to write, value, file to read back, what it says when done)
+    let (file, value, check, expect) = match (v2, frozen) {
+        (true, true) => ("cgroup.freeze", "1", "cgroup.events", "frozen 1"),
+        (true, false) => ("cgroup.freeze", "0", "cgroup.events", "frozen 0"),
+        (false, true) => ("freezer.state", "FROZEN", "freezer.state", "FROZEN"),
+        (false, false) => ("freezer.state", "THAWED", "freezer.state", "THAWED"),
     };
     for _ in 0..2000 {
         write(&dir.join(file), value)?;
-        if done(&std::fs::read_to_string(&check).unwrap_or_default()) {
+        let now = std::fs::read_to_string(dir.join(check)).unwrap_or_default();
+        if now.lines().any(|l| l.trim() == expect) {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_micros(500));
