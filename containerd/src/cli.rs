@@ -116,6 +116,33 @@ pub enum Command {
         #[arg(short, long)]
         detach: bool,
     },
+    /// Run another process in a container (its namespaces, cgroups, user, capabilities).
+    Exec {
+        id: String,
+        /// A runtime-spec process JSON file.
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        /// Environment variable (repeatable), added to the container's.
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// UID[:GID].
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Do not wait for the process.
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Accepted for compatibility (no terminal support yet).
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Freeze every process of a running container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -193,6 +220,40 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
                 &create.bundle,
                 create.pid_file.as_deref(),
                 *detach,
+            )?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+        Command::Exec {
+            id,
+            process,
+            env,
+            cwd,
+            user,
+            detach,
+            pid_file,
+            tty,
+            command,
+        } => {
+            if *tty {
+                anyhow::bail!(
+                    "exec --tty needs terminal support, which this version does not have yet"
+                );
+            }
+            if process.is_none() && command.is_empty() {
+                anyhow::bail!("exec needs a command or --process");
+            }
+            let code = crate::container::exec(
+                root,
+                id,
+                &crate::container::ExecOptions {
+                    process_file: process.clone(),
+                    args: command.clone(),
+                    env: env.clone(),
+                    cwd: cwd.clone(),
+                    user: user.clone(),
+                    detach: *detach,
+                    pid_file: pid_file.clone(),
+                },
             )?;
             Ok(code.clamp(0, 255) as u8)
         }

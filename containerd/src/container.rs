@@ -354,6 +354,94 @@ pub fn stats(root: &Path, id: &str) -> Result<serde_json::Value, ContainerError>
     }))
 }
 
+/// What `exec` changes from the container's own process settings.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// A complete process JSON (runtime-spec `process`), instead of the container's.
+    pub process_file: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// `UID[:GID]`.
+    pub user: Option<String>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// `exec`: run another process in a created or running container; waits for it unless
+/// detached and returns its exit code.
+pub fn exec(root: &Path, id: &str, o: &ExecOptions) -> Result<i32, ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if !matches!(status, Status::Created | Status::Running) {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted: "created or running",
+        });
+    }
+    let mut process = match &o.process_file {
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(io(p, "open"))?;
+            serde_json::from_reader(f).map_err(|e| io(p, "parse")(std::io::Error::other(e)))?
+        }
+        None => Bundle::load(&saved.bundle)?
+            .spec
+            .process()
+            .clone()
+            .unwrap_or_default(),
+    };
+    if !o.args.is_empty() {
+        process.set_args(Some(o.args.clone()));
+    }
+    if !o.env.is_empty() {
+        let mut env = process.env().clone().unwrap_or_default();
+        for e in &o.env {
+            let key = e.split('=').next().unwrap_or_default();
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        process.set_env(Some(env));
+    }
+    if let Some(cwd) = &o.cwd {
+        process.set_cwd(cwd.clone());
+    }
+    if let Some(user) = &o.user {
+        let (u, g) = user.split_once(':').unwrap_or((user, "0"));
+        let mut spec_user = process.user().clone();
+        spec_user.set_uid(
+            u.parse()
+                .map_err(|_| ContainerError::Signal(format!("--user {user}")))?,
+        );
+        spec_user.set_gid(
+            g.parse()
+                .map_err(|_| ContainerError::Signal(format!("--user {user}")))?,
+        );
+        process.set_user(spec_user);
+    }
+    if !o.detach {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|source| ContainerError::Kill {
+            id: id.into(),
+            source,
+        })?;
+    }
+    let pid = linux::exec(saved.pid, &saved.cgroup_dirs, &process)?;
+    if let Some(p) = &o.pid_file {
+        std::fs::write(p, pid.to_string()).map_err(io(p, "write"))?;
+    }
+    if o.detach {
+        return Ok(0);
+    }
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Ok(255),
+        }
+    }
+}
+
 /// All containers under `root` with their status.
 pub fn list(root: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();

@@ -34,6 +34,8 @@ pub enum CreateError {
     },
     #[error("container init failed: {0}")]
     Init(String),
+    #[error("exec failed: {0}")]
+    Exec(String),
 }
 
 fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> CreateError {
@@ -81,7 +83,8 @@ pub fn spawn(
     fifo: &Path,
     cgroup_dirs: &[PathBuf],
 ) -> Result<Created, CreateError> {
-    let (rd, wr) = nix::unistd::pipe().map_err(sys("create the sync pipe"))?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create the sync pipe"))?;
     // SAFETY: the runtime is single-threaded here; the child only runs async-signal-safe
     // work until it execs or exits with `_exit`.
     match unsafe { fork() }.map_err(sys("fork"))? {
@@ -427,4 +430,136 @@ pub fn release(fifo: &Path) -> std::io::Result<()> {
     let mut f = std::fs::File::open(fifo)?;
     let mut b = [0u8; 1];
     f.read_exact(&mut b)
+}
+
+/// Namespaces of `pid` that differ from ours, in the order they are joined.
+fn namespaces_of(pid: i32) -> Vec<(CloneFlags, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        let mine = std::fs::metadata(format!("/proc/self/ns/{name}")).map(|m| m.ino());
+        let other = std::fs::metadata(&theirs).map(|m| m.ino());
+        if let (Ok(a), Ok(b)) = (mine, other)
+            && a != b
+        {
+            out.push((flag, theirs));
+        }
+    }
+    out
+}
+
+/// Runs `process` inside the container whose init is `pid` (its namespaces and cgroups).
+/// Returns the new process's pid; the caller (a child subreaper) waits for it.
+pub fn exec(
+    pid: i32,
+    cgroup_dirs: &[PathBuf],
+    process: &oci_spec::runtime::Process,
+) -> Result<i32, CreateError> {
+    // Open the namespace files now: after joining the mount namespace they are out of reach.
+    let namespaces: Vec<(CloneFlags, std::fs::File)> = namespaces_of(pid)
+        .into_iter()
+        .map(|(flag, path)| {
+            std::fs::File::open(&path)
+                .map(|f| (flag, f))
+                .map_err(|e| CreateError::Exec(format!("open {}: {e}", path.display())))
+        })
+        .collect::<Result<_, _>>()?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create the sync pipe"))?;
+    // SAFETY: single-threaded runtime; the child execs or `_exit`s.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut w = std::fs::File::from(wr);
+            let result = (|| -> Result<(), String> {
+                crate::cgroups::attach(cgroup_dirs, std::process::id() as i32)
+                    .map_err(|e| crate::error_chain(&e))?;
+                for (flag, f) in namespaces {
+                    setns(f, flag).map_err(|e| format!("join {flag:?}: {e}"))?;
+                }
+                // SAFETY: as above.
+                match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+                    ForkResult::Parent { child } => {
+                        writeln!(w, "PID {child}").map_err(|e| e.to_string())?;
+                        Ok(())
+                    }
+                    ForkResult::Child => {
+                        let err = exec_process(process);
+                        eprintln!("keel-containerd: exec: {err}");
+                        let _ = writeln!(w, "ERR {err}");
+                        // SAFETY: as above.
+                        unsafe { nix::libc::_exit(127) }
+                    }
+                }
+            })();
+            let code = match result {
+                Ok(()) => 0,
+                Err(msg) => {
+                    let _ = writeln!(w, "ERR {msg}");
+                    1
+                }
+            };
+            // SAFETY: as above.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut text = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut text);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let pid = text
+                .lines()
+                .find_map(|l| l.strip_prefix("PID "))
+                .and_then(|p| p.parse().ok());
+            match (pid, text.lines().find_map(|l| l.strip_prefix("ERR "))) {
+                (_, Some(msg)) => Err(CreateError::Exec(msg.to_string())),
+                (Some(pid), None) => Ok(pid),
+                (None, None) => Err(CreateError::Exec("exec helper exited without a pid".into())),
+            }
+        }
+    }
+}
+
+/// In the exec'd process: user, capabilities, no_new_privs, cwd, then execve. Returns only
+/// on failure.
+fn exec_process(process: &oci_spec::runtime::Process) -> String {
+    if let Err(e) = set_user_and_caps(process) {
+        return e;
+    }
+    if process.no_new_privileges().unwrap_or(false)
+        && let Err(e) = nix::sys::prctl::set_no_new_privs()
+    {
+        return format!("noNewPrivileges: {e}");
+    }
+    if let Err(e) = nix::unistd::chdir(process.cwd().as_path()) {
+        return format!("cwd {}: {e}", process.cwd().display());
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let env = process.env().clone().unwrap_or_default();
+    let Some(arg0) = args.first() else {
+        return "no command given".into();
+    };
+    let Some(program) = find_program(arg0, &env) else {
+        return format!("{arg0:?}: not found in the container");
+    };
+    let to_c = |v: &[String]| -> Option<Vec<CString>> {
+        v.iter().map(|a| CString::new(a.as_str()).ok()).collect()
+    };
+    let (Some(argv), Some(envp), Ok(prog)) = (
+        to_c(&args),
+        to_c(&env),
+        CString::new(program.as_os_str().as_encoded_bytes()),
+    ) else {
+        return "NUL byte in the command or environment".into();
+    };
+    let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+    format!("exec {}: {e}", program.display())
 }

@@ -504,3 +504,82 @@ fn pause_resume_ps_and_stats() {
     assert!(!cgroup_dir("freezer", "p1").exists());
     assert!(!f.root.join("p1").exists());
 }
+
+#[test]
+fn exec_joins_the_container() {
+    let f = fixture(args("sleep 30"));
+    let b = f.bundle.to_str().unwrap();
+    assert!(f.rt_detached(&["run", "-d", "x1", "--bundle", b]).0);
+    let out = f.rt(&[
+        "exec",
+        "x1",
+        "sh",
+        "-c",
+        "echo pid=$$; hostname; ls /; cat /proc/1/cmdline",
+    ]);
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}{}", text(&out.stderr));
+    assert!(
+        !so.contains("pid=1\n") && so.contains("pid="),
+        "not the init: {so}"
+    );
+    assert!(so.contains("keel-test\n"), "the container's hostname: {so}");
+    assert!(
+        so.contains("bin\ndev\nproc\nsys\ntmp\n"),
+        "the container's root: {so}"
+    );
+    assert!(so.contains("sleep"), "sees the container's processes: {so}");
+    let out = f.rt(&[
+        "exec",
+        "--user",
+        "1000:1000",
+        "--cwd",
+        "/bin",
+        "-e",
+        "FOO=bar",
+        "x1",
+        "sh",
+        "-c",
+        "id -u; pwd; echo $FOO; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "1000\n/bin\nbar\n");
+    let process = f.dir.path().join("process.json");
+    std::fs::write(
+        &process,
+        json!({"cwd": "/", "args": ["sh", "-c", "echo from-file"], "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]}).to_string(),
+    )
+    .unwrap();
+    let out = f.rt(&["exec", "--process", process.to_str().unwrap(), "x1"]);
+    assert_eq!(text(&out.stdout), "from-file\n", "{}", text(&out.stderr));
+    let missing = f.rt(&["exec", "x1", "nosuch"]);
+    assert!(
+        !missing.status.success() && text(&missing.stderr).contains("not found in the container")
+    );
+    // Processes started by exec are in the container's cgroups and die with it.
+    assert!(f.rt_detached(&["exec", "-d", "x1", "sleep", "40"]).0);
+    let pids: Vec<i64> =
+        serde_json::from_slice(&f.rt(&["ps", "x1", "--format", "json"]).stdout).unwrap();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(f.rt(&["delete", "-f", "x1"]).status.success());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z"),
+            "{pid} survived"
+        );
+    }
+    let stopped = fixture(args("true"));
+    assert!(
+        stopped
+            .rt_detached(&["create", "s1", "--bundle", stopped.bundle.to_str().unwrap()])
+            .0
+    );
+    assert!(stopped.rt(&["start", "s1"]).status.success());
+    stopped.wait_stopped("s1");
+    let e = stopped.rt(&["exec", "s1", "true"]);
+    assert!(!e.status.success() && text(&e.stderr).contains("stopped"));
+    assert!(stopped.rt(&["delete", "s1"]).status.success());
+}
