@@ -82,6 +82,9 @@ pub fn create(
         let fifo = dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(|e| io(&fifo, "create")(std::io::Error::from(e)))?;
+        // Writable by a container root mapped to another host uid (the umask cut it).
+        std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(io(&fifo, "chmod"))?;
         let created = linux::spawn(&bundle, &fifo, &cgroup_dirs)?;
         let start_time = crate::state::proc_start(created.pid)
             .map(|s| s.0)

@@ -7,7 +7,7 @@
 //! layout; [`linux`] forks the init into its namespaces, where [`mounts`] builds its
 //! filesystem, and blocks it until `start`; [`hooks`] run at each step.
 //!
-//! Not yet: user namespaces and rootless, seccomp, `update`, terminals
+//! Not yet: rootless operation, seccomp, `update`, terminals
 //! (`--console-socket`), the systemd cgroup driver, images and the `run IMAGE` face.
 
 pub mod cgroups;

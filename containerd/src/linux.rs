@@ -85,13 +85,17 @@ pub fn spawn(
 ) -> Result<Created, CreateError> {
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create the sync pipe"))?;
+    let (ack_rd, ack_wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create the sync pipe"))?;
     // SAFETY: the runtime is single-threaded here; the child only runs async-signal-safe
     // work until it execs or exits with `_exit`.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(rd);
+            drop(ack_wr);
             let mut w = std::fs::File::from(wr);
-            let code = match intermediate(bundle, fifo, cgroup_dirs, &mut w) {
+            let mut ack = std::fs::File::from(ack_rd);
+            let code = match intermediate(bundle, fifo, cgroup_dirs, &mut w, &mut ack) {
                 Ok(()) => 0,
                 Err(msg) => {
                     let _ = writeln!(w, "ERR {msg}");
@@ -103,6 +107,8 @@ pub fn spawn(
         }
         ForkResult::Parent { child } => {
             drop(wr);
+            drop(ack_rd);
+            let mut ack = std::fs::File::from(ack_wr);
             let mut reader = BufReader::new(std::fs::File::from(rd));
             let mut pid = None;
             let mut line = String::new();
@@ -114,7 +120,21 @@ pub fn spawn(
                     Err(e) => break Err(format!("sync pipe: {e}")),
                 }
                 let l = line.trim_end();
-                if let Some(p) = l.strip_prefix("PID ") {
+                if l == "USERNS" {
+                    // The intermediate is in its new user namespace: map its ids.
+                    match write_id_maps(child.as_raw(), &bundle.spec) {
+                        Ok(()) => {
+                            if writeln!(ack, "GO").is_err() {
+                                break Err("the intermediate went away".to_string());
+                            }
+                        }
+                        Err(e) => {
+                            let _ =
+                                nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                            break Err(e);
+                        }
+                    }
+                } else if let Some(p) = l.strip_prefix("PID ") {
                     pid = p.parse::<i32>().ok();
                 } else if l == "READY" {
                     break Ok(());
@@ -146,6 +166,7 @@ fn intermediate(
     fifo: &Path,
     cgroup_dirs: &[PathBuf],
     w: &mut std::fs::File,
+    ack: &mut std::fs::File,
 ) -> Result<(), String> {
     let spec = &bundle.spec;
     let (new, join) = namespaces(spec);
@@ -157,8 +178,23 @@ fn intermediate(
     // Into the cgroups before the init exists, so it never runs outside them.
     crate::cgroups::attach(cgroup_dirs, std::process::id() as i32)
         .map_err(|e| crate::error_chain(&e))?;
-    if !new.is_empty() {
-        unshare(new).map_err(|e| format!("unshare {new:?}: {e}"))?;
+    if new.contains(CloneFlags::CLONE_NEWUSER) {
+        // The user namespace first, so it owns the others; the runtime writes our id
+        // maps, then we become its root.
+        unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("unshare the user namespace: {e}"))?;
+        writeln!(w, "USERNS").map_err(|e| e.to_string())?;
+        let mut go = [0u8; 3];
+        ack.read_exact(&mut go)
+            .map_err(|e| format!("wait for the id maps: {e}"))?;
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .map_err(|e| format!("become gid 0 in the user namespace: {e}"))?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .map_err(|e| format!("become uid 0 in the user namespace: {e}"))?;
+    }
+    let rest = new - CloneFlags::CLONE_NEWUSER;
+    if !rest.is_empty() {
+        unshare(rest).map_err(|e| format!("unshare {rest:?}: {e}"))?;
     }
     // The init must hold the fifo before pivot_root hides the runtime's directory.
     let fifo_fd: OwnedFd = nix::fcntl::open(
@@ -421,6 +457,37 @@ fn loopback_up() -> std::io::Result<()> {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Writes `/proc/<pid>/{uid_map,gid_map}` from `linux.uidMappings`/`gidMappings`.
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
+    let linux = spec.linux().as_ref();
+    for (file, field, maps) in [
+        (
+            "uid_map",
+            "linux.uidMappings",
+            linux.and_then(|l| l.uid_mappings().clone()),
+        ),
+        (
+            "gid_map",
+            "linux.gidMappings",
+            linux.and_then(|l| l.gid_mappings().clone()),
+        ),
+    ] {
+        let maps = maps.unwrap_or_default();
+        if maps.is_empty() {
+            return Err(format!(
+                "{field}: a user namespace needs at least one mapping"
+            ));
+        }
+        let text: String = maps
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect();
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| format!("{field}: write {file}: {e}"))?;
     }
     Ok(())
 }

@@ -583,3 +583,59 @@ fn exec_joins_the_container() {
     assert!(!e.status.success() && text(&e.stderr).contains("stopped"));
     assert!(stopped.rt(&["delete", "s1"]).status.success());
 }
+
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_uid() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; touch /tmp/x && echo wrote; sleep 30"
+        ]);
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    });
+    // The rootfs belongs to the mapped root, as a user-namespaced image would be unpacked.
+    let chown = Command::new("chown")
+        .args(["-R", "200000:200000"])
+        .arg(f.bundle.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let b = f.bundle.to_str().unwrap();
+    assert!(f.rt_detached(&["run", "-d", "u1", "--bundle", b]).0);
+    let pid = f.state("u1")["pid"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::fs::read_to_string(f.dir.path().join("container.out")).unwrap_or_default();
+        if out.contains("wrote") {
+            assert!(out.starts_with("0\n"), "root inside: {out}");
+            assert!(out.contains("200000"), "the map: {out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no output: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.contains("200000"),
+        "an unprivileged uid on the host: {uid_line}"
+    );
+    assert!(f.rt(&["delete", "-f", "u1"]).status.success());
+    // A user namespace without mappings is refused by name.
+    let bad = fixture(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+    });
+    let e = text(&bad.run("u2").stderr);
+    assert!(e.contains("linux.uidMappings"), "{e}");
+    assert!(!bad.root.join("u2").exists());
+}
