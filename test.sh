@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static)
+APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static libseccomp-dev pkg-config)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -7,7 +7,7 @@
 //! layout; [`linux`] forks the init into its namespaces, where [`mounts`] builds its
 //! filesystem, and blocks it until `start`; [`hooks`] run at each step.
 //!
-//! Not yet: rootless operation, seccomp, `update`, terminals
+//! Not yet: rootless operation, `update`, terminals
 //! (`--console-socket`), the systemd cgroup driver, images and the `run IMAGE` face.
 
 pub mod cgroups;
@@ -16,6 +16,7 @@ pub mod container;
 pub mod hooks;
 pub mod linux;
 pub mod mounts;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 

@@ -283,9 +283,20 @@ fn init(
         .map_err(|e| format!("write exec fifo: {e}"))?;
     drop(f);
     run_hooks_inside(spec, "startContainer", bundle)?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+    if let Some(s) = seccomp
+        && !nnp
+    {
+        crate::seccomp::load(s)?;
+    }
     set_user_and_caps(process)?;
-    if process.no_new_privileges().unwrap_or(false) {
+    if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("noNewPrivileges: {e}"))?;
+        if let Some(s) = seccomp {
+            crate::seccomp::load(s)?;
+        }
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd.as_path()).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;

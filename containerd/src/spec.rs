@@ -87,6 +87,9 @@ impl Bundle {
                 ));
             }
         }
+        if let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            crate::seccomp::compile(seccomp).map_err(|why| field("linux.seccomp", why))?;
+        }
         if process.terminal().unwrap_or(false) {
             return Err(field(
                 "process.terminal",

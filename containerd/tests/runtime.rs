@@ -639,3 +639,39 @@ fn user_namespace_maps_root_to_an_unprivileged_uid() {
     assert!(e.contains("linux.uidMappings"), "{e}");
     assert!(!bad.root.join("u2").exists());
 }
+
+#[test]
+fn seccomp_profile_from_the_spec() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "mkdir /tmp/d 2>&1; echo mkdir=$?; ls / >/dev/null && echo ls-ok"
+        ]);
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["no_such_syscall_anywhere"], "action": "SCMP_ACT_ERRNO"}
+            ]
+        });
+    });
+    let out = f.run("sc");
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}{}", text(&out.stderr));
+    assert!(
+        so.contains("Operation not permitted") && so.contains("mkdir=1"),
+        "{so}"
+    );
+    assert!(so.contains("ls-ok"), "{so}");
+    let f = fixture(|c| {
+        c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_NOTIFY"}]});
+    });
+    let e = text(&f.run("notify").stderr);
+    assert!(
+        e.contains("linux.seccomp.syscalls[0]") && e.contains("NOTIFY"),
+        "{e}"
+    );
+}
