@@ -71,7 +71,7 @@ pub struct CreateArgs {
     /// Write the container's pid here.
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
-    /// Terminal socket (terminals are not supported yet: a spec asking for one is refused).
+    /// Unix socket that receives the pty master (SCM_RIGHTS) when `process.terminal` is true.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
     /// Accepted for compatibility (pivot_root is always used).
@@ -193,7 +193,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
     let root = g.root.as_path();
     match &cli.command {
         Command::Create(a) => {
-            crate::container::create(root, &a.id, &a.bundle, a.pid_file.as_deref())?;
+            crate::container::create(
+                root,
+                &a.id,
+                &a.bundle,
+                a.pid_file.as_deref(),
+                a.console_socket.as_deref(),
+            )?;
             Ok(0)
         }
         Command::Start { id } => {
@@ -219,6 +225,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
                 &create.id,
                 &create.bundle,
                 create.pid_file.as_deref(),
+                create.console_socket.as_deref(),
                 *detach,
             )?;
             Ok(code.clamp(0, 255) as u8)

@@ -62,9 +62,31 @@ pub fn create(
     id: &str,
     bundle_dir: &Path,
     pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
 ) -> Result<Saved, ContainerError> {
     let dir = crate::state::dir(root, id)?;
     let bundle = Bundle::load(bundle_dir)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal && console_socket.is_none() {
+        return Err(crate::spec::SpecError::Field {
+            path: bundle.config.clone(),
+            field: "process.terminal",
+            why: "a terminal needs --console-socket to hand the pty to".into(),
+        }
+        .into());
+    }
+    // The caller's socket, connected now: the init sends the pty's master through it.
+    let console = match (terminal, console_socket) {
+        (true, Some(p)) => {
+            Some(std::os::unix::net::UnixStream::connect(p).map_err(io(p, "connect to"))?)
+        }
+        _ => None,
+    };
     std::fs::create_dir_all(root).map_err(io(root, "create"))?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
@@ -85,7 +107,7 @@ pub fn create(
         // Writable by a container root mapped to another host uid (the umask cut it).
         std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .map_err(io(&fifo, "chmod"))?;
-        let created = linux::spawn(&bundle, &fifo, &cgroup_dirs)?;
+        let created = linux::spawn(&bundle, &fifo, &cgroup_dirs, console.as_ref())?;
         let start_time = crate::state::proc_start(created.pid)
             .map(|s| s.0)
             .unwrap_or(0);
@@ -255,6 +277,7 @@ pub fn run(
     id: &str,
     bundle: &Path,
     pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
     detach: bool,
 ) -> Result<i32, ContainerError> {
     if !detach {
@@ -264,7 +287,7 @@ pub fn run(
             source,
         })?;
     }
-    let saved = create(root, id, bundle, pid_file)?;
+    let saved = create(root, id, bundle, pid_file, console_socket)?;
     if let Err(e) = start(root, id) {
         let _ = delete(root, id, true);
         return Err(e);

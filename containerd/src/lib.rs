@@ -7,8 +7,7 @@
 //! layout; [`linux`] forks the init into its namespaces, where [`mounts`] builds its
 //! filesystem, and blocks it until `start`; [`hooks`] run at each step.
 //!
-//! Not yet: rootless operation, `update`, terminals
-//! (`--console-socket`), the systemd cgroup driver, images and the `run IMAGE` face.
+//! Not yet: rootless operation, `update`, `exec --tty`, the systemd cgroup driver, images and the `run IMAGE` face.
 
 pub mod cgroups;
 pub mod cli;

@@ -22,6 +22,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,7 @@ pub fn spawn(
     bundle: &Bundle,
     fifo: &Path,
     cgroup_dirs: &[PathBuf],
+    console: Option<&std::os::unix::net::UnixStream>,
 ) -> Result<Created, CreateError> {
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create the sync pipe"))?;
@@ -95,7 +97,7 @@ pub fn spawn(
             drop(ack_wr);
             let mut w = std::fs::File::from(wr);
             let mut ack = std::fs::File::from(ack_rd);
-            let code = match intermediate(bundle, fifo, cgroup_dirs, &mut w, &mut ack) {
+            let code = match intermediate(bundle, fifo, cgroup_dirs, &mut w, &mut ack, console) {
                 Ok(()) => 0,
                 Err(msg) => {
                     let _ = writeln!(w, "ERR {msg}");
@@ -167,6 +169,7 @@ fn intermediate(
     cgroup_dirs: &[PathBuf],
     w: &mut std::fs::File,
     ack: &mut std::fs::File,
+    console: Option<&std::os::unix::net::UnixStream>,
 ) -> Result<(), String> {
     let spec = &bundle.spec;
     let (new, join) = namespaces(spec);
@@ -207,7 +210,7 @@ fn intermediate(
     // SAFETY: as in `spawn`.
     match unsafe { fork() }.map_err(|e| format!("fork the init: {e}"))? {
         ForkResult::Child => {
-            let code = match init(bundle, new, &fifo_fd, w) {
+            let code = match init(bundle, new, &fifo_fd, w, console) {
                 Ok(never) => match never {},
                 Err(msg) => {
                     // Before READY the runtime reads this; after, only the container's
@@ -235,6 +238,7 @@ fn init(
     new: CloneFlags,
     fifo: &OwnedFd,
     w: &mut std::fs::File,
+    console: Option<&std::os::unix::net::UnixStream>,
 ) -> Result<Never, String> {
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("checked at load");
@@ -271,6 +275,9 @@ fn init(
             .ok_or_else(|| format!("process.rlimits: unknown type {:?}", r.typ()))?;
         nix::sys::resource::setrlimit(res, r.soft(), r.hard())
             .map_err(|e| format!("process.rlimits {:?}: {e}", r.typ()))?;
+    }
+    if let Some(sock) = console {
+        setup_terminal(sock)?;
     }
     // Ready: `create` may return. Wait for `start`.
     writeln!(w, "READY").map_err(|e| e.to_string())?;
@@ -468,6 +475,48 @@ fn loopback_up() -> std::io::Result<()> {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Opens a pty in the container's devpts, sends the master through the console socket,
+/// and makes the slave the process's controlling terminal and stdio.
+fn setup_terminal(sock: &std::os::unix::net::UnixStream) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| format!("process.terminal: open /dev/ptmx: {e}"))?;
+    nix::pty::grantpt(&master).map_err(|e| format!("process.terminal: grantpt: {e}"))?;
+    nix::pty::unlockpt(&master).map_err(|e| format!("process.terminal: unlockpt: {e}"))?;
+    let name =
+        nix::pty::ptsname_r(&master).map_err(|e| format!("process.terminal: ptsname: {e}"))?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(&name)
+        .map_err(|e| format!("process.terminal: open {name}: {e}"))?;
+    let fds = [master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"pty")];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("--console-socket: send the pty: {e}"))?;
+    drop(master);
+    nix::unistd::setsid().map_err(|e| format!("process.terminal: setsid: {e}"))?;
+    // SAFETY: TIOCSCTTY takes an int argument; the fd is a valid terminal.
+    if unsafe { nix::libc::ioctl(slave.as_raw_fd(), nix::libc::TIOCSCTTY, 0) } < 0 {
+        return Err(format!(
+            "process.terminal: make {name} the controlling terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    for fd in 0..3 {
+        nix::unistd::dup2(slave.as_raw_fd(), fd)
+            .map_err(|e| format!("process.terminal: dup2: {e}"))?;
     }
     Ok(())
 }

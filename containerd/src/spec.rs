@@ -90,12 +90,6 @@ impl Bundle {
         if let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             crate::seccomp::compile(seccomp).map_err(|why| field("linux.seccomp", why))?;
         }
-        if process.terminal().unwrap_or(false) {
-            return Err(field(
-                "process.terminal",
-                "terminal containers need --console-socket, which this version does not support yet".into(),
-            ));
-        }
         Ok(Bundle {
             dir,
             config,

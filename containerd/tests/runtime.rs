@@ -675,3 +675,77 @@ fn seccomp_profile_from_the_spec() {
         "{e}"
     );
 }
+
+/// Receives the pty master a runtime sends to `--console-socket`.
+#[allow(unsafe_code)] // adopting a descriptor received with SCM_RIGHTS
+fn receive_fd(listener: std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 16];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just gave us this descriptor.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no descriptor received");
+}
+
+#[test]
+fn terminal_through_the_console_socket() {
+    let f = fixture(|c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["args"] = json!(["sh", "-c", "tty; read line; echo got:$line"]);
+    });
+    let sock = f.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || receive_fd(listener));
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&[
+        "create",
+        "t1",
+        "--bundle",
+        b,
+        "--console-socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let master = receiver.join().unwrap();
+    assert!(f.rt(&["start", "t1"]).status.success());
+    let mut tty = std::fs::File::from(master);
+    use std::io::{Read, Write};
+    tty.write_all(b"hello\n").unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("got:hello") {
+        assert!(Instant::now() < deadline, "{seen:?}");
+        match tty.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(
+        seen.contains("/dev/pts/0"),
+        "a pty of the container's own devpts: {seen:?}"
+    );
+    assert!(seen.contains("got:hello"), "{seen:?}");
+    f.wait_stopped("t1");
+    assert!(f.rt(&["delete", "t1"]).status.success());
+    // terminal: true without a socket is refused by name.
+    let f = fixture(|c| c["process"]["terminal"] = json!(true));
+    let e = text(&f.run("t2").stderr);
+    assert!(
+        e.contains("process.terminal") && e.contains("--console-socket"),
+        "{e}"
+    );
+}
