@@ -143,6 +143,29 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Change a container's resource limits (runtime-spec `linux.resources` JSON with -r,
+    /// or the flags).
+    Update {
+        id: String,
+        /// A `linux.resources` JSON file (`-` for stdin).
+        #[arg(short, long)]
+        resources: Option<PathBuf>,
+        /// Memory limit in bytes.
+        #[arg(long)]
+        memory: Option<i64>,
+        /// Maximum number of processes.
+        #[arg(long)]
+        pids_limit: Option<i64>,
+        /// CPU quota per period (microseconds).
+        #[arg(long)]
+        cpu_quota: Option<i64>,
+        /// CPU period (microseconds).
+        #[arg(long)]
+        cpu_period: Option<u64>,
+        /// CPU shares (relative weight).
+        #[arg(long)]
+        cpu_shares: Option<u64>,
+    },
     /// Freeze every process of a running container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -264,6 +287,43 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
             )?;
             Ok(code.clamp(0, 255) as u8)
         }
+        Command::Update {
+            id,
+            resources,
+            memory,
+            pids_limit,
+            cpu_quota,
+            cpu_period,
+            cpu_shares,
+        } => {
+            let mut r: serde_json::Value = match resources {
+                Some(p) if p.as_os_str() == "-" => serde_json::from_reader(std::io::stdin())?,
+                Some(p) => serde_json::from_slice(
+                    &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+                )
+                .with_context(|| format!("{}: not a linux.resources JSON", p.display()))?,
+                None => serde_json::json!({}),
+            };
+            if let Some(m) = memory {
+                r["memory"]["limit"] = (*m).into();
+            }
+            if let Some(p) = pids_limit {
+                r["pids"]["limit"] = (*p).into();
+            }
+            if let Some(q) = cpu_quota {
+                r["cpu"]["quota"] = (*q).into();
+            }
+            if let Some(p) = cpu_period {
+                r["cpu"]["period"] = (*p).into();
+            }
+            if let Some(s) = cpu_shares {
+                r["cpu"]["shares"] = (*s).into();
+            }
+            let r: oci_spec::runtime::LinuxResources =
+                serde_json::from_value(r).context("invalid resources")?;
+            crate::container::update(root, id, &r)?;
+            Ok(0)
+        }
         Command::Pause { id } => {
             crate::container::pause(root, id)?;
             Ok(0)
@@ -375,10 +435,18 @@ pub fn features() -> serde_json::Value {
             "remount", "mand", "noatime", "nodiratime", "relatime", "strictatime", "bind", "rbind",
             "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"],
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
-            "capabilities": [],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_PPC64LE", "SCMP_ARCH_RISCV64",
+                    "SCMP_ARCH_S390X", "SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"]
+            },
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false}
         },

@@ -308,6 +308,25 @@ pub fn run(
     Ok(code)
 }
 
+/// `update`: new resource limits for a created, running or paused container.
+pub fn update(
+    root: &Path,
+    id: &str,
+    r: &oci_spec::runtime::LinuxResources,
+) -> Result<(), ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status == Status::Stopped {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted: "created, running or paused",
+        });
+    }
+    cgroups::apply(&Layout::detect()?, &saved.cgroup_path, r)?;
+    Ok(())
+}
+
 /// `pause`: freeze every process of a running container.
 pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
     let saved = Saved::load(root, id)?;

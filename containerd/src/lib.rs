@@ -1,5 +1,5 @@
 //! Keel's container runtime: the OCI runtime command line (`create`, `start`, `state`,
-//! `kill`, `delete`, `run`, `exec`, `pause`, `resume`, `ps`, `events`, `list`, `spec`, `features`)
+//! `kill`, `delete`, `run`, `exec`, `update`, `pause`, `resume`, `ps`, `events`, `list`, `spec`, `features`)
 //! on runtime-spec bundles.
 //!
 //! Flow: [`spec`] loads and checks `config.json`; [`container`] drives the lifecycle and
@@ -7,7 +7,7 @@
 //! layout; [`linux`] forks the init into its namespaces, where [`mounts`] builds its
 //! filesystem, and blocks it until `start`; [`hooks`] run at each step.
 //!
-//! Not yet: rootless operation, `update`, `exec --tty`, the systemd cgroup driver, images and the `run IMAGE` face.
+//! Not yet: rootless operation, `exec --tty`, the systemd cgroup driver, images and the `run IMAGE` face.
 
 pub mod cgroups;
 pub mod cli;

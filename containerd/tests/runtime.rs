@@ -749,3 +749,47 @@ fn terminal_through_the_console_socket() {
         "{e}"
     );
 }
+
+#[test]
+fn update_changes_limits_live() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["sleep", "30"]);
+        c["linux"]["resources"] =
+            json!({"pids": {"limit": 10}, "memory": {"limit": 64 * 1024 * 1024}});
+    });
+    assert!(
+        f.rt_detached(&["run", "-d", "up1", "--bundle", f.bundle.to_str().unwrap()])
+            .0
+    );
+    let out = f.rt(&[
+        "update",
+        "up1",
+        "--pids-limit",
+        "42",
+        "--memory",
+        "33554432",
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "100000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(cgroup_dir(ctrl, "up1").join(file))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("pids", "pids.max"), "42");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), "33554432");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "20000");
+    let res = f.dir.path().join("res.json");
+    std::fs::write(&res, json!({"pids": {"limit": 7}}).to_string()).unwrap();
+    assert!(
+        f.rt(&["update", "up1", "-r", res.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(read("pids", "pids.max"), "7");
+    assert!(f.rt(&["delete", "-f", "up1"]).status.success());
+}
