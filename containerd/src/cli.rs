@@ -35,6 +35,9 @@ pub struct Global {
     /// crun's spelling: cgroupfs, systemd or disabled.
     #[arg(long, global = true)]
     pub cgroup_manager: Option<String>,
+    /// Image store.
+    #[arg(long, global = true, default_value = "/var/lib/keel-containerd")]
+    pub store: PathBuf,
 }
 
 impl Global {
@@ -85,6 +88,71 @@ pub struct CreateArgs {
     pub preserve_fds: u32,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Container id (with a bundle) or image name.
+    pub target: String,
+    /// Bundle directory; without it `target` may name an imported image.
+    #[arg(short, long)]
+    pub bundle: Option<PathBuf>,
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    #[arg(long)]
+    pub no_pivot: bool,
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Return once started.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Image runs: CPU limit in Kubernetes units (750m, 2).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Image runs: memory limit (128M, 1Gi).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Image runs: `host` to share the host's network.
+    #[arg(long)]
+    pub net: Option<String>,
+    /// Image runs: bind HOST:CONTAINER[:ro] (repeatable).
+    #[arg(long)]
+    pub volume: Vec<String>,
+    /// Image runs: extra environment variable (repeatable).
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// Image runs: container name (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image runs: command replacing the image's Cmd (after --).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import {
+        path: PathBuf,
+        /// Name to store it under (default: its tag).
+        #[arg(long)]
+        name: Option<String>,
+        /// Base64 ed25519 signature over the manifest digest (required once keys are trusted).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    /// List imported images.
+    Ls,
+    /// Forget an image (blobs go with `gc`).
+    Rm { name: String },
+    /// Delete blobs no image uses.
+    Gc,
+    /// Trust an ed25519 public key (base64) for image signatures.
+    Trust { key: PathBuf },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a container from a bundle; its process waits for `start`.
@@ -108,14 +176,13 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
-    /// Create, start and wait for a container; exits with its exit code.
-    Run {
-        #[command(flatten)]
-        create: CreateArgs,
-        /// Return once started.
-        #[arg(short, long)]
-        detach: bool,
-    },
+    /// Create, start and wait for a container; exits with its exit code. `run ID -b BUNDLE`
+    /// as runc; `run IMAGE [--cpu 750m] [--memory 128M] [--net host] [--volume H:C[:ro]]
+    /// [-- ARGS]` for an imported image.
+    Run(RunArgs),
+    /// Imported images.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Run another process in a container (its namespaces, cgroups, user, capabilities).
     Exec {
         id: String,
@@ -242,16 +309,106 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
             crate::container::delete(root, id, *force)?;
             Ok(0)
         }
-        Command::Run { create, detach } => {
-            let code = crate::container::run(
-                root,
-                &create.id,
-                &create.bundle,
-                create.pid_file.as_deref(),
-                create.console_socket.as_deref(),
-                *detach,
-            )?;
+        Command::Run(r) => {
+            let store = crate::image::Store::new(&g.store);
+            let is_image = r.bundle.is_none() && store.get(&r.target).is_ok();
+            let code = if is_image {
+                let id = r.name.clone().unwrap_or_else(|| {
+                    let t = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    format!(
+                        "{}-{:x}",
+                        r.target.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+                        t.as_nanos() & 0xffff_ffff
+                    )
+                });
+                let dir = g.store.join("containers").join(&id);
+                if dir.exists() {
+                    anyhow::bail!("{} already exists", dir.display());
+                }
+                let opts = crate::image::RunImage {
+                    cpu: r.cpu.clone(),
+                    memory: r.memory.clone(),
+                    net: r.net.clone(),
+                    volumes: r.volume.clone(),
+                    args: r.args.clone(),
+                    env: r.env.clone(),
+                };
+                let result = crate::image::make_bundle(&store, &r.target, &id, &dir, &opts)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| {
+                        crate::container::run(
+                            root,
+                            &id,
+                            &dir,
+                            r.pid_file.as_deref(),
+                            r.console_socket.as_deref(),
+                            r.detach,
+                        )
+                        .map_err(anyhow::Error::from)
+                    });
+                if !r.detach {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                result?
+            } else {
+                if r.cpu.is_some() || r.memory.is_some() || r.net.is_some() || !r.volume.is_empty()
+                {
+                    anyhow::bail!(
+                        "--cpu/--memory/--net/--volume apply to images; {:?} is not an imported image",
+                        r.target
+                    );
+                }
+                let bundle = r.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
+                crate::container::run(
+                    root,
+                    &r.target,
+                    &bundle,
+                    r.pid_file.as_deref(),
+                    r.console_socket.as_deref(),
+                    r.detach,
+                )?
+            };
             Ok(code.clamp(0, 255) as u8)
+        }
+        Command::Image(cmd) => {
+            let store = crate::image::Store::new(&g.store);
+            match cmd {
+                ImageCmd::Import {
+                    path,
+                    name,
+                    signature,
+                } => {
+                    let (name, rec) = store.import(path, name.as_deref(), signature.as_deref())?;
+                    println!(
+                        "{name} {} ({} layers{})",
+                        rec.manifest,
+                        rec.layers.len(),
+                        rec.signed_by
+                            .map(|k| format!(", signed by {k}"))
+                            .unwrap_or_default()
+                    );
+                }
+                ImageCmd::Ls => {
+                    println!(
+                        "{:<32} {:<72} {:>6} SIGNED BY",
+                        "NAME", "MANIFEST", "LAYERS"
+                    );
+                    for (name, rec) in store.list()? {
+                        println!(
+                            "{name:<32} {:<72} {:>6} {}",
+                            rec.manifest,
+                            rec.layers.len(),
+                            rec.signed_by.unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+                ImageCmd::Rm { name } => store.remove(name)?,
+                ImageCmd::Gc => println!("removed {} blobs", store.gc()?),
+                ImageCmd::Trust { key } => store.trust(key)?,
+            }
+            Ok(0)
         }
         Command::Exec {
             id,

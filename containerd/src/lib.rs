@@ -7,12 +7,16 @@
 //! layout; [`linux`] forks the init into its namespaces, where [`mounts`] builds its
 //! filesystem, and blocks it until `start`; [`hooks`] run at each step.
 //!
-//! Not yet: rootless operation, `exec --tty`, the systemd cgroup driver, images and the `run IMAGE` face.
+//! [`image`] imports OCI layouts and docker archives (digests, signatures) and runs them
+//! with rkt's flags.
+//!
+//! Not yet: rootless operation, `exec --tty`, the systemd cgroup driver, overlayfs rootfs.
 
 pub mod cgroups;
 pub mod cli;
 pub mod container;
 pub mod hooks;
+pub mod image;
 pub mod linux;
 pub mod mounts;
 pub mod seccomp;
