@@ -114,6 +114,7 @@ pub fn spawn(
             let mut reader = BufReader::new(std::fs::File::from(rd));
             let mut pid = None;
             let mut line = String::new();
+            let mut ready = false;
             let outcome = loop {
                 line.clear();
                 match reader.read_line(&mut line) {
@@ -138,8 +139,15 @@ pub fn spawn(
                     }
                 } else if let Some(p) = l.strip_prefix("PID ") {
                     pid = p.parse::<i32>().ok();
+                    if ready {
+                        break Ok(());
+                    }
                 } else if l == "READY" {
-                    break Ok(());
+                    // The init can get here before its parent reported its pid.
+                    ready = true;
+                    if pid.is_some() {
+                        break Ok(());
+                    }
                 } else if let Some(msg) = l.strip_prefix("ERR ") {
                     break Err(msg.to_string());
                 }
