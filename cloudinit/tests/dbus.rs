@@ -6,8 +6,6 @@ mod common;
 use common::*;
 use keel_cloudinit::apply::{self, PlanOptions};
 use keel_cloudinit::systemd::dbus::DbusManager;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
@@ -117,61 +115,12 @@ impl FakeHostnamed {
     }
 }
 
-/// A private bus: `dbus-daemon` with its own config in a temp dir.
-struct Bus {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
+/// A private bus (`dbus-daemon` with its own config), shared with the other crates' tests.
+fn private_bus() -> keel_tests::dbus::PrivateBus {
+    keel_tests::dbus::PrivateBus::start()
 }
 
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn private_bus() -> Bus {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bus.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", config.display()))
-        .args(["--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dbus-daemon (apt: dbus) must be installed");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Bus {
-        child,
-        address: line.trim().to_string(),
-        _dir: dir,
-    }
-}
-
-fn serve(bus: &Bus) -> (zbus::blocking::Connection, Calls) {
+fn serve(bus: &keel_tests::dbus::PrivateBus) -> (zbus::blocking::Connection, Calls) {
     let calls: Calls = Arc::default();
     let conn = zbus::blocking::connection::Builder::address(bus.address.as_str())
         .unwrap()
@@ -198,7 +147,11 @@ fn serve(bus: &Bus) -> (zbus::blocking::Connection, Calls) {
     (conn, calls)
 }
 
-fn apply_over_dbus(bus: &Bus, root: &std::path::Path, bytes: &[u8]) -> apply::Outcome {
+fn apply_over_dbus(
+    bus: &keel_tests::dbus::PrivateBus,
+    root: &std::path::Path,
+    bytes: &[u8],
+) -> apply::Outcome {
     let mut doc = keel_cloudinit::load(bytes);
     assert!(doc.is_applicable(), "{}", doc.report.to_text());
     keel_cloudinit::metadata::apply_metadata(&mut doc.config, &metadata());

@@ -166,15 +166,7 @@ pub fn create(
 
 /// `start`: release the init.
 pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
-    let saved = Saved::load(root, id)?;
-    let status = saved.status(root);
-    if status != Status::Created {
-        return Err(ContainerError::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            wanted: "created",
-        });
-    }
+    let saved = load_in(root, id, &[Status::Created], "created")?;
     let fifo = root.join(id).join(EXEC_FIFO);
     linux::release(&fifo).map_err(io(&fifo, "read"))?;
     std::fs::remove_file(&fifo).map_err(io(&fifo, "remove"))?;
@@ -208,15 +200,12 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ContainerError>
 /// `kill`: signal the init (or, with `all`, every process in its cgroups).
 pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), ContainerError> {
     let sig = parse_signal(signal)?;
-    let saved = Saved::load(root, id)?;
-    let status = saved.status(root);
-    if status == Status::Stopped {
-        return Err(ContainerError::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            wanted: "created or running",
-        });
-    }
+    let saved = load_in(
+        root,
+        id,
+        &[Status::Created, Status::Running, Status::Paused],
+        "created or running",
+    )?;
     let targets = if all {
         cgroups::pids(&saved.cgroup_dirs)
     } else {
@@ -308,51 +297,51 @@ pub fn run(
     Ok(code)
 }
 
+/// Loads `id` and checks its status is one of `allowed` (named in the error as `wanted`).
+fn load_in(
+    root: &Path,
+    id: &str,
+    allowed: &[Status],
+    wanted: &'static str,
+) -> Result<Saved, ContainerError> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if !allowed.contains(&status) {
+        return Err(ContainerError::WrongStatus {
+            id: id.into(),
+            status: status.as_str(),
+            wanted,
+        });
+    }
+    Ok(saved)
+}
+
 /// `update`: new resource limits for a created, running or paused container.
 pub fn update(
     root: &Path,
     id: &str,
     r: &oci_spec::runtime::LinuxResources,
 ) -> Result<(), ContainerError> {
-    let saved = Saved::load(root, id)?;
-    let status = saved.status(root);
-    if status == Status::Stopped {
-        return Err(ContainerError::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            wanted: "created, running or paused",
-        });
-    }
+    let saved = load_in(
+        root,
+        id,
+        &[Status::Created, Status::Running, Status::Paused],
+        "created, running or paused",
+    )?;
     cgroups::apply(&Layout::detect()?, &saved.cgroup_path, r)?;
     Ok(())
 }
 
 /// `pause`: freeze every process of a running container.
 pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
-    let saved = Saved::load(root, id)?;
-    let status = saved.status(root);
-    if status != Status::Running {
-        return Err(ContainerError::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            wanted: "running",
-        });
-    }
+    let saved = load_in(root, id, &[Status::Running], "running")?;
     cgroups::freeze(&Layout::detect()?, &saved.cgroup_path, true)?;
     Ok(())
 }
 
 /// `resume`: thaw a paused container.
 pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {
-    let saved = Saved::load(root, id)?;
-    let status = saved.status(root);
-    if status != Status::Paused {
-        return Err(ContainerError::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            wanted: "paused",
-        });
-    }
+    let saved = load_in(root, id, &[Status::Paused], "paused")?;
     cgroups::freeze(&Layout::detect()?, &saved.cgroup_path, false)?;
     Ok(())
 }
@@ -416,15 +405,12 @@ pub struct ExecOptions {
 /// `exec`: run another process in a created or running container; waits for it unless
 /// detached and returns its exit code.
 pub fn exec(root: &Path, id: &str, o: &ExecOptions) -> Result<i32, ContainerError> {
-    let saved = Saved::load(root, id)?;
-    let status = saved.status(root);
-    if !matches!(status, Status::Created | Status::Running) {
-        return Err(ContainerError::WrongStatus {
-            id: id.into(),
-            status: status.as_str(),
-            wanted: "created or running",
-        });
-    }
+    let saved = load_in(
+        root,
+        id,
+        &[Status::Created, Status::Running],
+        "created or running",
+    )?;
     let mut process = match &o.process_file {
         Some(p) => {
             let f = std::fs::File::open(p).map_err(io(p, "open"))?;

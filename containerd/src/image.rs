@@ -296,12 +296,14 @@ impl Store {
             .or(default_name)
             .unwrap_or_else(|| manifest_digest.clone());
         let signed_by = self.check_signature(&name, &manifest_digest, signature)?;
-        self.put_blob(&manifest_digest, &manifest_bytes)?;
-        self.put_blob(&config, &config_bytes)?;
-        for (d, b) in layers.iter().zip(&layer_bytes) {
-            self.put_blob(d, b)?;
-        }
-        self.record(name, manifest_digest, config, layers, signed_by)
+        self.commit(
+            name,
+            signed_by,
+            (manifest_digest, manifest_bytes),
+            (config, config_bytes),
+            layers,
+            layer_bytes,
+        )
     }
 
     fn import_docker(
@@ -384,12 +386,14 @@ impl Store {
             .unwrap_or_else(|| config.clone());
         // A docker archive's manifest is made here, so its signature covers the config digest.
         let signed_by = self.check_signature(&name, &config, signature)?;
-        self.put_blob(&manifest_digest, &manifest_bytes)?;
-        self.put_blob(&config, &config_bytes)?;
-        for (d, b) in layers.iter().zip(&layer_bytes) {
-            self.put_blob(d, b)?;
-        }
-        self.record(name, manifest_digest, config, layers, signed_by)
+        self.commit(
+            name,
+            signed_by,
+            (manifest_digest, manifest_bytes),
+            (config, config_bytes),
+            layers,
+            layer_bytes,
+        )
     }
 
     /// With trusted keys configured, an image must carry a signature (base64 ed25519 over
@@ -428,14 +432,21 @@ impl Store {
         Err(ImageError::Signature(name.to_string(), trust_dir))
     }
 
-    fn record(
+    /// Stores the verified blobs and records the image.
+    fn commit(
         &self,
         name: String,
-        manifest: String,
-        config: String,
-        layers: Vec<String>,
         signed_by: Option<String>,
+        (manifest, manifest_bytes): (String, Vec<u8>),
+        (config, config_bytes): (String, Vec<u8>),
+        layers: Vec<String>,
+        layer_bytes: Vec<Vec<u8>>,
     ) -> Result<(String, ImageRecord), ImageError> {
+        self.put_blob(&manifest, &manifest_bytes)?;
+        self.put_blob(&config, &config_bytes)?;
+        for (d, b) in layers.iter().zip(&layer_bytes) {
+            self.put_blob(d, b)?;
+        }
         let mut records = self.records()?;
         let rec = ImageRecord {
             manifest,

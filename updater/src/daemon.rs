@@ -83,6 +83,22 @@ fn fdo(e: impl std::error::Error) -> zbus::fdo::Error {
 }
 
 impl Shared {
+    fn new(cfg: DaemonConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            status: Mutex::new(Status {
+                last_checked: 0,
+                progress: 0.0,
+                operation: op::IDLE,
+                new_version: String::new(),
+                new_size: 0,
+            }),
+            check_now: tokio::sync::Notify::new(),
+            marked_good: Mutex::new(false),
+            conn: Mutex::new(None),
+            cfg,
+        })
+    }
+
     fn status(&self) -> Status {
         self.status.lock().expect("not poisoned").clone()
     }
@@ -297,24 +313,19 @@ pub fn cancel(host: &HostConfig) -> Result<(), crate::install::InstallError> {
     Ok(())
 }
 
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
 /// Runs the agent until `shutdown`.
 pub async fn run(
     cfg: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared {
-        status: Mutex::new(Status {
-            last_checked: 0,
-            progress: 0.0,
-            operation: op::IDLE,
-            new_version: String::new(),
-            new_size: 0,
-        }),
-        check_now: tokio::sync::Notify::new(),
-        marked_good: Mutex::new(false),
-        conn: Mutex::new(None),
-        cfg,
-    });
+    let shared = Shared::new(cfg);
     if shared.cfg.dbus {
         let conn = zbus::connection::Builder::system()?
             .name(BUS_NAME)?
@@ -331,10 +342,7 @@ pub async fn run(
 }
 
 async fn agent(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let http = http_client()?;
     settle_boot(&shared, &http).await;
     loop {
         let fuzz = Duration::from_millis(fastrand_ms(shared.cfg.interval / 10));
@@ -386,12 +394,12 @@ async fn settle_boot(shared: &Arc<Shared>, http: &reqwest::Client) {
                     shared
                         .report(
                             http,
-                            Event {
-                                kind: source::EVENT_UPDATE_COMPLETE,
-                                result: source::RESULT_ERROR,
-                                error_code: Some(source::ERROR_ROLLBACK),
-                                previous_version: None,
-                            },
+                            Event::new(
+                                source::EVENT_UPDATE_COMPLETE,
+                                source::RESULT_ERROR,
+                                Some(source::ERROR_ROLLBACK),
+                                None,
+                            ),
                         )
                         .await;
                 }
@@ -419,12 +427,12 @@ async fn settle_boot(shared: &Arc<Shared>, http: &reqwest::Client) {
                     shared
                         .report(
                             http,
-                            Event {
-                                kind: source::EVENT_UPDATE_COMPLETE,
-                                result: source::RESULT_SUCCESS_REBOOT,
-                                error_code: None,
-                                previous_version: previous,
-                            },
+                            Event::new(
+                                source::EVENT_UPDATE_COMPLETE,
+                                source::RESULT_SUCCESS_REBOOT,
+                                None,
+                                previous,
+                            ),
                         )
                         .await;
                 }
@@ -442,12 +450,12 @@ async fn settle_boot(shared: &Arc<Shared>, http: &reqwest::Client) {
             shared
                 .report(
                     http,
-                    Event {
-                        kind: source::EVENT_UPDATE_COMPLETE,
-                        result: source::RESULT_ERROR,
-                        error_code: Some(source::ERROR_GENERIC),
-                        previous_version: None,
-                    },
+                    Event::new(
+                        source::EVENT_UPDATE_COMPLETE,
+                        source::RESULT_ERROR,
+                        Some(source::ERROR_GENERIC),
+                        None,
+                    ),
                 )
                 .await;
         }
@@ -490,12 +498,12 @@ pub async fn check_and_install(shared: &Arc<Shared>, http: &reqwest::Client) {
     shared
         .report(
             http,
-            Event {
-                kind: source::EVENT_DOWNLOAD_STARTED,
-                result: source::RESULT_SUCCESS,
-                error_code: None,
-                previous_version: None,
-            },
+            Event::new(
+                source::EVENT_DOWNLOAD_STARTED,
+                source::RESULT_SUCCESS,
+                None,
+                None,
+            ),
         )
         .await;
     shared.set(op::DOWNLOADING, 0.0, &offer.version, size).await;
@@ -536,12 +544,12 @@ pub async fn check_and_install(shared: &Arc<Shared>, http: &reqwest::Client) {
             shared
                 .report(
                     http,
-                    Event {
-                        kind: source::EVENT_DOWNLOAD_FINISHED,
-                        result: source::RESULT_SUCCESS,
-                        error_code: None,
-                        previous_version: None,
-                    },
+                    Event::new(
+                        source::EVENT_DOWNLOAD_FINISHED,
+                        source::RESULT_SUCCESS,
+                        None,
+                        None,
+                    ),
                 )
                 .await;
             shared.set(op::VERIFYING, 1.0, &report.version, size).await;
@@ -549,12 +557,12 @@ pub async fn check_and_install(shared: &Arc<Shared>, http: &reqwest::Client) {
             shared
                 .report(
                     http,
-                    Event {
-                        kind: source::EVENT_UPDATE_COMPLETE,
-                        result: source::RESULT_SUCCESS,
-                        error_code: None,
-                        previous_version: None,
-                    },
+                    Event::new(
+                        source::EVENT_UPDATE_COMPLETE,
+                        source::RESULT_SUCCESS,
+                        None,
+                        None,
+                    ),
                 )
                 .await;
             shared
@@ -567,12 +575,12 @@ pub async fn check_and_install(shared: &Arc<Shared>, http: &reqwest::Client) {
             shared
                 .report(
                     http,
-                    Event {
-                        kind: source::EVENT_UPDATE_COMPLETE,
-                        result: source::RESULT_ERROR,
-                        error_code: Some(source::ERROR_GENERIC),
-                        previous_version: None,
-                    },
+                    Event::new(
+                        source::EVENT_UPDATE_COMPLETE,
+                        source::RESULT_ERROR,
+                        Some(source::ERROR_GENERIC),
+                        None,
+                    ),
                 )
                 .await;
             shared.set(op::IDLE, 0.0, "", 0).await;
@@ -582,23 +590,8 @@ pub async fn check_and_install(shared: &Arc<Shared>, http: &reqwest::Client) {
 
 /// `keel-updater check`: one check and install, printing the resulting status.
 pub async fn check_once(cfg: DaemonConfig) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared {
-        status: Mutex::new(Status {
-            last_checked: 0,
-            progress: 0.0,
-            operation: op::IDLE,
-            new_version: String::new(),
-            new_size: 0,
-        }),
-        check_now: tokio::sync::Notify::new(),
-        marked_good: Mutex::new(false),
-        conn: Mutex::new(None),
-        cfg,
-    });
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let shared = Shared::new(cfg);
+    let http = http_client()?;
     check_and_install(&shared, &http).await;
     let s = shared.status();
     println!("{} {}", s.operation, s.new_version);

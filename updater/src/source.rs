@@ -120,6 +120,22 @@ pub struct Event {
     pub previous_version: Option<String>,
 }
 
+impl Event {
+    pub fn new(
+        kind: u32,
+        result: u32,
+        error_code: Option<u32>,
+        previous_version: Option<String>,
+    ) -> Event {
+        Event {
+            kind,
+            result,
+            error_code,
+            previous_version,
+        }
+    }
+}
+
 /// The request XML, as update_engine builds it.
 pub fn omaha_request(c: &Client, update_check: bool, event: Option<&Event>) -> String {
     let v = env!("CARGO_PKG_VERSION");
