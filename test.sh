@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static libseccomp-dev pkg-config)
+APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static libseccomp-dev pkg-config debootstrap qemu-system-x86 qemu-utils grub-pc-bin e2fsprogs openssh-client kmod binutils)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -29,5 +29,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
+# The booted-VM tests put the release binaries into a Keel image.
+echo "== build (release, for the image)"
+cargo build --workspace --release --bins
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -5,6 +5,7 @@
 pub mod ctl;
 pub mod dbus;
 pub mod http;
+pub mod image;
 pub mod norm;
 pub mod pair;
 pub mod server;

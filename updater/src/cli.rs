@@ -67,6 +67,16 @@ pub struct HostArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// First boot: grow ROOT (the last partition) and its mounted ext4 to the end of the
+    /// disk.
+    GrowRoot {
+        /// Where ROOT is mounted.
+        #[arg(long, default_value = "/")]
+        mountpoint: PathBuf,
+        /// File written once done (the unit's condition).
+        #[arg(long)]
+        stamp: Option<PathBuf>,
+    },
     /// Install a payload (URL or file) into the inactive slot; resumes an interrupted
     /// install of the same payload.
     Install {
@@ -352,6 +362,32 @@ async fn shutdown_signal() {
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::GrowRoot { mountpoint, stamp } => {
+            let disk = match &cli.host.disk {
+                Some(d) => d.clone(),
+                None => default_disk(&cli.host.root)?,
+            };
+            match crate::growroot::grow_root(&disk, mountpoint)? {
+                Some(g) => println!(
+                    "{}: partition {} grown from {} MiB to {} MiB",
+                    disk.display(),
+                    g.number,
+                    g.old_bytes >> 20,
+                    g.new_bytes >> 20
+                ),
+                None => println!(
+                    "{}: ROOT already ends at the end of the disk",
+                    disk.display()
+                ),
+            }
+            if let Some(stamp) = stamp {
+                if let Some(d) = stamp.parent() {
+                    std::fs::create_dir_all(d)?;
+                }
+                std::fs::write(stamp, b"")?;
+            }
+            Ok(())
+        }
         Command::Daemon(a) => {
             let cfg = daemon_config(&cli.host, a).context("invalid configuration")?;
             crate::daemon::run(cfg, shutdown_signal()).await

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fetch;
+pub mod growroot;
 pub mod grubenv;
 pub mod health;
 pub mod install;
