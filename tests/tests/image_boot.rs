@@ -169,7 +169,8 @@ coreos:
     let status = sh("keel-updater status --json");
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     eprintln!("keel-updater status: {v}");
-    assert_eq!(v["booted_slot"], "A", "{v}");
+    assert_eq!(v["booted_slot"], "USR-A", "{v}");
+    assert_eq!(v["next_boot"], "USR-A", "{v}");
     let labels: Vec<&str> = v["slots"]
         .as_array()
         .unwrap()

@@ -20,6 +20,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Bumped whenever the build recipe changes in a way the hashed inputs do not show.
+pub const RECIPE: u32 = 2;
+
 /// File names inside the output directory.
 pub const DISK: &str = "keel.img";
 pub const USR: &str = "usr.img";
@@ -239,7 +242,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
 
     let mut h = Sha256::new();
     h.update(format!(
-        "keel-images {}\n{}\n{}\n{}\n{}\n{:?}\n{}\n{}\n",
+        "keel-images {} recipe {RECIPE}\n{}\n{}\n{}\n{}\n{:?}\n{}\n{}\n",
         env!("CARGO_PKG_VERSION"),
         opts.version,
         opts.rollback_index,
@@ -250,6 +253,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         opts.cmdline
     ));
     h.update(initramfs::INIT);
+    h.update(tree::dist_digest());
     h.update(disk::grub_cfg(&opts.cmdline));
     for b in tree::BINARIES {
         hash_file(&mut h, &opts.bin_dir.join(b))

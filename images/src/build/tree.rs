@@ -86,6 +86,37 @@ const MASKED: &[&str] = &[
     "getty@tty1.service",
 ];
 
+/// A digest over every unit and file this module installs (part of the build's key).
+pub fn dist_digest() -> Vec<u8> {
+    let mut all = Vec::new();
+    for (name, text) in UNITS {
+        all.extend_from_slice(name.as_bytes());
+        all.extend_from_slice(text.as_bytes());
+    }
+    for f in DIST_FILES {
+        all.extend_from_slice(f);
+    }
+    for (t, u) in ENABLED {
+        all.extend_from_slice(format!("{t}/{u}\n").as_bytes());
+    }
+    for m in MASKED {
+        all.extend_from_slice(m.as_bytes());
+    }
+    all
+}
+
+const DIST_FILES: &[&[u8]] = &[
+    include_bytes!("../../dist/report-ready"),
+    include_bytes!("../../dist/90-keel-dhcp.network"),
+    include_bytes!("../../dist/wait-online-any.conf"),
+    include_bytes!("../../dist/update.conf"),
+    include_bytes!("../../dist/fstab"),
+    include_bytes!("../../dist/sshd-keel.conf"),
+    include_bytes!("../../dist/sudoers-core"),
+    include_bytes!("../../../updater/dist/10-keel.conf"),
+    include_bytes!("../../../updater/dist/com.coreos.update1.conf"),
+];
+
 /// Everything a build puts into the tree.
 #[derive(Debug, Clone)]
 pub struct TreeInputs {
