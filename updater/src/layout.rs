@@ -112,14 +112,37 @@ pub fn keel_partitions(efi_mib: u64, usr_mib: u64, oem_mib: u64) -> Vec<PartSpec
 /// Writes a protective MBR and a fresh GPT (512-byte sectors, partitions 1 MiB aligned,
 /// in the order given) onto `path`, which must already have its final size.
 pub fn create_disk(path: &std::path::Path, parts: &[PartSpec]) -> Result<(), gptman::Error> {
+    create_disk_seeded(path, parts, None)
+}
+
+/// Like [`create_disk`]; with a seed, the disk GUID and the partition GUIDs that are not
+/// fixed derive from it (SHA-256 of seed and partition number), so image builds repeat.
+pub fn create_disk_seeded(
+    path: &std::path::Path,
+    parts: &[PartSpec],
+    seed: Option<&[u8]>,
+) -> Result<(), gptman::Error> {
+    use sha2::{Digest, Sha256};
     const ALIGN: u64 = 2048;
+    let counter = std::cell::Cell::new(0u32);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
     let random_guid = || {
         let mut g = [0u8; 16];
-        getrandom::getrandom(&mut g).expect("random bytes");
+        match seed {
+            Some(seed) => {
+                let n = counter.get();
+                counter.set(n + 1);
+                let h = Sha256::new()
+                    .chain_update(seed)
+                    .chain_update(n.to_le_bytes())
+                    .finalize();
+                g.copy_from_slice(&h[..16]);
+            }
+            None => getrandom::getrandom(&mut g).expect("random bytes"),
+        }
         g[7] = (g[7] & 0x0f) | 0x40; // version 4 (stored little-endian in field 3)
         g[8] = (g[8] & 0x3f) | 0x80;
         g

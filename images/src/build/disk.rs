@@ -90,7 +90,41 @@ pub fn mkfs_ext4(dir: &Path, out: &Path, o: &Ext4) -> Result<(), DiskError> {
         .arg(out)
         .env("E2FSPROGS_FAKE_TIME", o.epoch.to_string())
         .run()?;
-    Ok(())
+    fix_inode_times(out, o.epoch)
+}
+
+/// `mkfs.ext4 -d` copies each file's ctime (the moment the build touched it) and atime
+/// (reads during the build move it); set both to `epoch` on every used inode so two
+/// builds of the same inputs give the same bytes.
+fn fix_inode_times(img: &Path, epoch: i64) -> Result<(), DiskError> {
+    let header = Cmd::new("dumpe2fs").arg("-h").arg(img).output()?;
+    let header = String::from_utf8_lossy(&header);
+    let field = |name: &str| {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let used = field("Inode count").saturating_sub(field("Free inodes"));
+    let mut script = String::new();
+    // Inode 2 is the root; 11 is lost+found, then files in creation order.
+    for n in std::iter::once(2).chain(11..=used + 11) {
+        for f in ["ctime", "atime"] {
+            script.push_str(&format!("sif <{n}> {f} @{epoch}\n"));
+        }
+    }
+    let script_path = img.with_extension("times");
+    std::fs::write(&script_path, script).map_err(io(&script_path, "write"))?;
+    let res = Cmd::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(img)
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .run();
+    let _ = std::fs::remove_file(&script_path);
+    Ok(res?)
 }
 
 /// A FAT32 image of `size` bytes labelled `label` holding the files under `dir`.
@@ -100,12 +134,14 @@ pub fn mkfs_vfat(
     label: &str,
     volume_id: &str,
     size: u64,
+    epoch: i64,
 ) -> Result<(), DiskError> {
     let _ = std::fs::remove_file(out);
     Cmd::new("mkfs.vfat")
         .args(["-F", "32", "-n", label, "-i", volume_id, "-C"])
         .arg(out)
         .arg((size / 1024).to_string())
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir, "list"))?
@@ -119,6 +155,7 @@ pub fn mkfs_vfat(
             .args(&entries)
             .arg("::/")
             .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
             .run()?;
     }
     Ok(())
@@ -213,7 +250,12 @@ pub struct Parts<'a> {
 }
 
 /// Writes the disk image `out`: GPT, partitions, GRUB BIOS boot code.
-pub fn assemble(out: &Path, sizes: &Sizes, parts: &Parts<'_>) -> Result<(), DiskError> {
+pub fn assemble(
+    out: &Path,
+    sizes: &Sizes,
+    parts: &Parts<'_>,
+    seed: &[u8],
+) -> Result<(), DiskError> {
     let t = std::time::Instant::now();
     let _ = std::fs::remove_file(out);
     tracing::debug!(seconds = t.elapsed().as_secs_f64(), "removed the old disk");
@@ -227,7 +269,7 @@ pub fn assemble(out: &Path, sizes: &Sizes, parts: &Parts<'_>) -> Result<(), Disk
     f.set_len(sizes.disk_bytes()).map_err(io(out, "size"))?;
     drop(f);
     let specs = layout::keel_partitions(sizes.efi, sizes.usr, sizes.oem);
-    layout::create_disk(out, &specs).map_err(|source| DiskError::Gpt {
+    layout::create_disk_seeded(out, &specs, Some(seed)).map_err(|source| DiskError::Gpt {
         path: out.to_path_buf(),
         source,
     })?;

@@ -368,6 +368,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         "EFI-SYSTEM",
         volid,
         opts.sizes.efi * mib,
+        opts.epoch,
     )?;
     let core_img = work.join("core.img");
     disk::grub_core_img(&core_img)?;
@@ -385,6 +386,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             core_img: &core_img,
             boot_img: &opts.grub_dir.join("boot.img"),
         },
+        format!("keel {}", opts.version).as_bytes(),
     )?;
     steps.done("disk");
 
