@@ -63,7 +63,7 @@ fn image_layout_boot_code_and_signed_payload() {
     let core_lba = u64::from_le_bytes(bytes[0x5c..0x64].try_into().unwrap());
     assert_eq!(
         core_lba * 512,
-        1 + 128 << 20,
+        (1 + 128) << 20,
         "core.img at the start of BIOS-BOOT"
     );
     assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
