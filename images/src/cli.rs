@@ -135,6 +135,9 @@ pub enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Relay stdin/stdout to a TCP address (used by QEMU for guest forwards).
+    #[command(hide = true)]
+    Relay { addr: String },
     /// Run a command in a node over SSH (or log in without one).
     Ssh {
         /// The node's directory (default: the first node of `up`/`boot`).
@@ -156,7 +159,7 @@ pub fn default_cloud_config(keys: &[String], hostname: &str) -> String {
         s.push_str(&format!("      - \"{k}\"\n"));
     }
     s.push_str(
-        "coreos:\n  etcd2:\n    name: %m\n    listen-client-urls: http://0.0.0.0:2379\n    advertise-client-urls: http://127.0.0.1:2379\n  \
+        "coreos:\n  etcd2:\n    listen-client-urls: http://0.0.0.0:2379\n    advertise-client-urls: http://127.0.0.1:2379\n  \
          update:\n    reboot-strategy: etcd-lock\n  locksmith:\n    endpoint: http://127.0.0.1:2379\n  \
          units:\n    - name: etcd2.service\n      command: start\n",
     );
@@ -270,6 +273,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             no_cargo,
             detach,
         } => up(&b, no_cargo, detach),
+        Command::Relay { addr } => {
+            qemu::relay(&addr).with_context(|| format!("relaying to {addr}"))?;
+            Ok(0)
+        }
         Command::Ssh {
             node,
             user,

@@ -72,6 +72,9 @@ pub struct NodeOptions {
     /// `(guest port on HOST_ALIAS, host port)`: guest connections reach 127.0.0.1.
     pub guest_forwards: Vec<(u16, u16)>,
     pub accel: String,
+    /// The `keel-images` binary QEMU runs (`relay`) for each guest connection to a
+    /// guest forward; default: the running executable.
+    pub relay: Option<PathBuf>,
     /// Start from a fresh overlay.
     pub fresh: bool,
 }
@@ -90,6 +93,7 @@ impl NodeOptions {
             forwards: Vec::new(),
             guest_forwards: Vec::new(),
             accel: "tcg".into(),
+            relay: None,
             fresh: true,
         }
     }
@@ -429,8 +433,19 @@ fn qemu_args(opts: &NodeOptions, info: &NodeInfo) -> Result<Vec<String>, VmError
     for (h, g) in &opts.forwards {
         net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
     }
-    for (g, h) in &opts.guest_forwards {
-        net.push_str(&format!(",guestfwd=tcp:{HOST_ALIAS}:{g}-tcp:127.0.0.1:{h}"));
+    if !opts.guest_forwards.is_empty() {
+        // A `tcp:` chardev would connect once, at QEMU's start; `cmd:` runs the relay for
+        // every connection the guest opens.
+        let relay = match &opts.relay {
+            Some(r) => r.clone(),
+            None => std::env::current_exe().map_err(io(Path::new("/proc/self/exe"), "read"))?,
+        };
+        for (g, h) in &opts.guest_forwards {
+            net.push_str(&format!(
+                ",guestfwd=tcp:{HOST_ALIAS}:{g}-cmd:{} relay 127.0.0.1:{h}",
+                d(&relay)
+            ));
+        }
     }
     a.extend([
         "-netdev".into(),
@@ -540,4 +555,29 @@ fn supervise(name: &str, args: &[String], log: &Path, state: &Shared) {
             }
         }
     }
+}
+
+/// Copies stdin to a TCP connection to `addr` and the connection to stdout, until both
+/// directions end (QEMU's `guestfwd=…-cmd:` runs this per guest connection).
+pub fn relay(addr: &str) -> std::io::Result<()> {
+    let stream = std::net::TcpStream::connect(addr)?;
+    let mut up = stream.try_clone()?;
+    let mut down = stream;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    // Stdout is line-buffered: flush after every read, the protocol is binary.
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = down.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut out, &buf[..n])?;
+        std::io::Write::flush(&mut out)?;
+    }
+    drop(t);
+    Ok(())
 }

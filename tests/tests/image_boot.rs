@@ -229,3 +229,68 @@ fn vm_bad_cloud_config_is_refused_and_host_stays_up() {
     std::io::Read::read_exact(&mut s, &mut banner).unwrap();
     assert_eq!(&banner, b"SSH-2.0-");
 }
+
+#[test]
+fn vm_two_nodes_share_a_store_on_the_host() {
+    let (image, manifest) = shared_image("1.0.0");
+    let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
+    let endpoint = store.client_url();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(keel_tests::server::keel_locksmith_bin())
+            .args(args)
+            .args(["--endpoint", &endpoint])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ctl(&["set-max", "2"]);
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let name = format!("fleet-{i}");
+        let dir = node_dir(&name);
+        let (_, key) = keel_images::qemu::ensure_ssh_key(&dir).unwrap();
+        let cc = dir.join("cloud-config.yml");
+        std::fs::write(
+            &cc,
+            format!(
+                "#cloud-config\nhostname: {name}\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{key}\"]\n\
+                 coreos:\n  update:\n    reboot-strategy: etcd-lock\n  locksmith:\n    endpoint: http://{}:2379\n",
+                keel_images::qemu::HOST_ALIAS
+            ),
+        )
+        .unwrap();
+        let mut o = NodeOptions::new(&name, &image.join(&manifest.disk), &dir);
+        o.cloud_config = Some(cc);
+        o.guest_forwards.push((2379, store.addr().port()));
+        o.relay = Some(keel_tests::server::workspace_bin(
+            "keel-images",
+            "KEEL_IMAGES_BIN",
+        ));
+        nodes.push(Node::start(o).unwrap());
+    }
+    let mut ids = Vec::new();
+    for n in &nodes {
+        let ready = n.wait_ready(1, BOOT_TIMEOUT).unwrap();
+        eprintln!("{ready}");
+        assert_eq!(field(&ready, "keel-locksmith"), Some("active"), "{ready}");
+        // Each node takes a slot in the host's store through QEMU's user network.
+        let out = n
+            .ssh_ok(
+                "root",
+                &format!(
+                    "keel-locksmith lock --reason fleet-test --endpoint http://{}:2379 && cat /etc/machine-id",
+                    keel_images::qemu::HOST_ALIAS
+                ),
+                SSH_TIMEOUT,
+            )
+            .unwrap();
+        ids.push(out.lines().last().unwrap().trim().to_string());
+    }
+    assert_ne!(ids[0], ids[1], "each node has its own machine id");
+    let status = ctl(&["status"]);
+    for id in &ids {
+        assert!(status.contains(id.as_str()), "{id} not holding: {status}");
+    }
+    assert!(status.contains("fleet-test"), "{status}");
+}
