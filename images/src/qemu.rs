@@ -61,7 +61,9 @@ pub struct NodeOptions {
     /// The node's own directory: overlay, console log, config drive, SSH key.
     pub dir: PathBuf,
     pub cloud_config: Option<PathBuf>,
-    /// Also pass the cloud-config through `fw_cfg`.
+    /// Pass the cloud-config on an OpenStack `config-2` drive.
+    pub config_drive: bool,
+    /// Pass the cloud-config through QEMU `fw_cfg`.
     pub fw_cfg: bool,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -86,6 +88,7 @@ impl NodeOptions {
             image: image.to_path_buf(),
             dir: dir.to_path_buf(),
             cloud_config: None,
+            config_drive: true,
             fw_cfg: false,
             memory_mib: 1024,
             cpus: 1,
@@ -454,13 +457,15 @@ fn qemu_args(opts: &NodeOptions, info: &NodeInfo) -> Result<Vec<String>, VmError
         "virtio-net-pci,netdev=net0".into(),
     ]);
     if let Some(cc) = &opts.cloud_config {
-        let iso = config_drive(cc, &opts.dir)?;
-        a.extend([
-            "-drive".into(),
-            format!("if=none,id=config,file={},format=raw,readonly=on", d(&iso)),
-            "-device".into(),
-            "virtio-blk-pci,drive=config".into(),
-        ]);
+        if opts.config_drive {
+            let iso = config_drive(cc, &opts.dir)?;
+            a.extend([
+                "-drive".into(),
+                format!("if=none,id=config,file={},format=raw,readonly=on", d(&iso)),
+                "-device".into(),
+                "virtio-blk-pci,drive=config".into(),
+            ]);
+        }
         if opts.fw_cfg {
             let abs = std::fs::canonicalize(cc).map_err(io(cc, "find"))?;
             a.extend([

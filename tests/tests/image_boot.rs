@@ -202,6 +202,9 @@ fn vm_bad_cloud_config_is_refused_and_host_stays_up() {
     .unwrap();
     let mut o = NodeOptions::new("bad-config", &image.join(&manifest.disk), &dir);
     o.cloud_config = Some(cc_path);
+    // This one comes through QEMU fw_cfg only (the other tests use the config-2 drive).
+    o.config_drive = false;
+    o.fw_cfg = true;
     let node = Node::start(o).unwrap();
     let ready = node.wait_ready(1, BOOT_TIMEOUT).unwrap();
     eprintln!("boot: {ready}");

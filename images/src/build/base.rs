@@ -19,6 +19,7 @@ pub const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "ca-certificates",
     "sudo",
+    "libnss-myhostname",
 ];
 
 /// What the base is made of.
