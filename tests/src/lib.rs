@@ -9,6 +9,7 @@ pub mod image;
 pub mod norm;
 pub mod pair;
 pub mod server;
+pub mod update_server;
 pub mod v3;
 
 pub use http::{Req, Resp};

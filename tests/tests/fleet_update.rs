@@ -1,0 +1,138 @@
+//! Issue 10, scenario 1 (update and bless) on a booted Keel image: a node on 1.0.0 (USR-A)
+//! finds 1.1.0 on an Omaha server on the host, installs it into USR-B, reboots under
+//! keel-locksmith's etcd-lock (the semaphore in a keel-store on the host), comes up on
+//! USR-B, passes its health gate, is blessed, and gives the slot back.
+
+use keel_images::qemu::{HOST_ALIAS, Node, NodeOptions, ensure_ssh_key};
+use keel_tests::image::{node_dir, shared_image};
+use keel_tests::update_server::UpdateServer;
+use std::time::{Duration, Instant};
+
+const OMAHA_GUEST_PORT: u16 = 8080;
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
+
+#[test]
+fn vm_update_reboot_under_lock_and_bless() {
+    let (image, m1) = shared_image("1.0.0");
+    let (next, m2) = shared_image("1.1.0");
+    let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
+    let endpoint = store.client_url();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(keel_tests::server::keel_locksmith_bin())
+            .args(args)
+            .args(["--endpoint", &endpoint])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let payload = std::fs::read(next.join(&m2.payload)).unwrap();
+    let server = UpdateServer::start(
+        payload,
+        &m2.payload,
+        "1.1.0",
+        &format!("http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}"),
+    );
+
+    let dir = node_dir("update");
+    let (_, key) = ensure_ssh_key(&dir).unwrap();
+    let cc = dir.join("cloud-config.yml");
+    std::fs::write(
+        &cc,
+        format!(
+            r#"#cloud-config
+hostname: update-1
+users:
+  - name: root
+    ssh_authorized_keys: ["{key}"]
+write_files:
+  - path: /etc/keel/updater.d/50-test.conf
+    content: |
+      CHECK_INTERVAL=10s
+      HEALTH_GRACE=5s
+coreos:
+  update:
+    server: http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}/v1/update/
+    reboot-strategy: etcd-lock
+  locksmith:
+    endpoint: http://{HOST_ALIAS}:2379
+"#
+        ),
+    )
+    .unwrap();
+    let mut o = NodeOptions::new("update-1", &image.join(&m1.disk), &dir);
+    o.cloud_config = Some(cc);
+    o.relay = Some(keel_tests::server::workspace_bin(
+        "keel-images",
+        "KEEL_IMAGES_BIN",
+    ));
+    o.guest_forwards.push((2379, store.addr().port()));
+    o.guest_forwards.push((OMAHA_GUEST_PORT, server.port));
+    let start = Instant::now();
+    let node = Node::start(o).unwrap();
+    let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
+    eprintln!(
+        "[{:>5.1}s] first boot: {first}",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(field(&first, "version"), Some("1.0.0"));
+    assert_eq!(field(&first, "slot"), Some("A"));
+
+    // The updater installs, keel-locksmith takes the slot and reboots; QEMU is relaunched.
+    let second = node.wait_ready(2, Duration::from_secs(900)).unwrap();
+    eprintln!(
+        "[{:>5.1}s] second boot: {second}",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(field(&second, "version"), Some("1.1.0"), "{second}");
+    assert_eq!(field(&second, "slot"), Some("B"), "{second}");
+    assert_eq!(node.launches(), 2, "one reboot");
+
+    // Health gate passes → USR-B blessed; the slot goes back to the store.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = node
+            .ssh_ok(
+                "root",
+                "keel-updater status --json",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let b_ok = v["slots"][1]["ok"] == true;
+        let free = ctl(&["status"]);
+        if b_ok && free.contains("Available: 1") {
+            eprintln!(
+                "[{:>5.1}s] blessed and released: {v}\n{free}",
+                start.elapsed().as_secs_f64()
+            );
+            assert_eq!(v["booted_slot"], "USR-B");
+            assert_eq!(v["next_boot"], "USR-B");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not blessed/released: {v}\n{free}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    // Omaha saw the download start and finish, and the completed update after the reboot.
+    let events = server.events();
+    eprintln!("omaha events: {events:?}");
+    for (t, what) in [
+        (13, "download started"),
+        (14, "download finished"),
+        (3, "update complete"),
+    ] {
+        assert!(
+            events.iter().any(|(et, _)| *et == t),
+            "no {what} event: {events:?}"
+        );
+    }
+    let history = ctl(&["history"]);
+    eprintln!("{history}");
+}
