@@ -55,6 +55,10 @@ pub struct BuildArgs {
     /// Rebuild even if no input changed.
     #[arg(long)]
     pub force: bool,
+    /// Remove a path from the image (repeatable): builds deliberately broken versions
+    /// for rollback tests.
+    #[arg(long, hide = true)]
+    pub remove: Vec<String>,
 }
 
 impl BuildArgs {
@@ -72,6 +76,7 @@ impl BuildArgs {
         o.sizes.root = self.root_mib;
         o.cmdline = self.cmdline.clone();
         o.force = self.force;
+        o.remove = self.remove.clone();
         o
     }
 }

@@ -21,6 +21,11 @@ pub fn test_dir() -> PathBuf {
 /// Builds (or reuses) the image of `version` from `target/release`; returns its
 /// directory and manifest.
 pub fn shared_image(version: &str) -> (PathBuf, Manifest) {
+    shared_image_with(version, &[])
+}
+
+/// Like [`shared_image`], with paths removed from the tree (a deliberately broken image).
+pub fn shared_image_with(version: &str, remove: &[&str]) -> (PathBuf, Manifest) {
     let root = test_dir();
     std::fs::create_dir_all(&root).expect("create the test image directory");
     let lock = std::fs::File::create(root.join(".lock")).expect("lock file");
@@ -37,6 +42,7 @@ pub fn shared_image(version: &str) -> (PathBuf, Manifest) {
         workspace().join("target/release"),
     );
     opts.key = None;
+    opts.remove = remove.iter().map(|s| s.to_string()).collect();
     let start = std::time::Instant::now();
     let m = build::build(&opts).expect("build the Keel image");
     eprintln!(

@@ -41,29 +41,7 @@ fn vm_update_reboot_under_lock_and_bless() {
     let dir = node_dir("update");
     let (_, key) = ensure_ssh_key(&dir).unwrap();
     let cc = dir.join("cloud-config.yml");
-    std::fs::write(
-        &cc,
-        format!(
-            r#"#cloud-config
-hostname: update-1
-users:
-  - name: root
-    ssh_authorized_keys: ["{key}"]
-write_files:
-  - path: /etc/keel/updater.d/50-test.conf
-    content: |
-      CHECK_INTERVAL=10s
-      HEALTH_GRACE=5s
-coreos:
-  update:
-    server: http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}/v1/update/
-    reboot-strategy: etcd-lock
-  locksmith:
-    endpoint: http://{HOST_ALIAS}:2379
-"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cc, update_cloud_config("update-1", &key)).unwrap();
     let mut o = NodeOptions::new("update-1", &image.join(&m1.disk), &dir);
     o.cloud_config = Some(cc);
     o.relay = Some(keel_tests::server::workspace_bin(
@@ -135,4 +113,125 @@ coreos:
     }
     let history = ctl(&["history"]);
     eprintln!("{history}");
+}
+
+/// The cloud-config of a node that checks every 10 s against the host's Omaha server
+/// and reboots under etcd-lock in the host's store.
+fn update_cloud_config(name: &str, key: &str) -> String {
+    format!(
+        r#"#cloud-config
+hostname: {name}
+users:
+  - name: root
+    ssh_authorized_keys: ["{key}"]
+write_files:
+  - path: /etc/keel/updater.d/50-test.conf
+    content: |
+      CHECK_INTERVAL=10s
+      HEALTH_GRACE=5s
+coreos:
+  update:
+    server: http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}/v1/update/
+    reboot-strategy: etcd-lock
+  locksmith:
+    endpoint: http://{HOST_ALIAS}:2379
+"#
+    )
+}
+
+#[test]
+fn vm_unbootable_update_falls_back_and_is_not_retried() {
+    let (image, m1) = shared_image("1.0.0");
+    // Issue 10 scenario 2, second case: a USR that fails before userspace (no systemd).
+    let (bad, m3) =
+        keel_tests::image::shared_image_with("1.2.0-nosystemd", &["usr/lib/systemd/systemd"]);
+    let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
+    let server = UpdateServer::start(
+        std::fs::read(bad.join(&m3.payload)).unwrap(),
+        &m3.payload,
+        "1.2.0-nosystemd",
+        &format!("http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}"),
+    );
+    let dir = node_dir("rollback");
+    let (_, key) = ensure_ssh_key(&dir).unwrap();
+    let cc = dir.join("cloud-config.yml");
+    std::fs::write(&cc, update_cloud_config("rollback-1", &key)).unwrap();
+    let mut o = NodeOptions::new("rollback-1", &image.join(&m1.disk), &dir);
+    o.cloud_config = Some(cc);
+    o.relay = Some(keel_tests::server::workspace_bin(
+        "keel-images",
+        "KEEL_IMAGES_BIN",
+    ));
+    o.guest_forwards.push((2379, store.addr().port()));
+    o.guest_forwards.push((OMAHA_GUEST_PORT, server.port));
+    let start = Instant::now();
+    let node = Node::start(o).unwrap();
+    let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
+    eprintln!(
+        "[{:>5.1}s] first boot: {first}",
+        start.elapsed().as_secs_f64()
+    );
+    // Install, reboot under the lock, three tries of USR-B that die in the initramfs,
+    // then GRUB falls back to USR-A by itself.
+    let second = node.wait_ready(2, Duration::from_secs(900)).unwrap();
+    eprintln!(
+        "[{:>5.1}s] after the tries: {second}",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(field(&second, "version"), Some("1.0.0"), "{second}");
+    assert_eq!(field(&second, "slot"), Some("A"), "{second}");
+    let tries = keel_updater::boot::TRIES as usize;
+    let console = node.console();
+    let b_boots = console
+        .lines()
+        .filter(|l| l.contains("keel-initramfs: slot B:"))
+        .count();
+    assert_eq!(b_boots, tries, "USR-B tried {b_boots} times");
+    // Each try ends before userspace: the initramfs finds no init in USR-B, the kernel
+    // panics and reboots (`panic=5`), and QEMU is relaunched.
+    let panics = console.matches("Kernel panic").count();
+    assert_eq!(panics, tries, "expected a panic per try of USR-B");
+    assert_eq!(node.launches() as usize, 2 + tries);
+    // The updater records and reports the rollback, and does not install 1.2.0 again.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = node
+            .ssh_ok(
+                "root",
+                "keel-updater status --json",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let rolled = v["state"]["rolled_back"].to_string();
+        if rolled.contains("1.2.0-nosystemd")
+            && server
+                .requests()
+                .iter()
+                .any(|r| r.contains("errorcode=\"44\""))
+        {
+            eprintln!("[{:>5.1}s] rolled back: {v}", start.elapsed().as_secs_f64());
+            assert_eq!(v["booted_slot"], "USR-A");
+            assert_eq!(v["next_boot"], "USR-A");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollback not recorded/reported: {v}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let checks_before = server.requests().len();
+    std::thread::sleep(Duration::from_secs(40));
+    let events = server.events();
+    eprintln!("omaha events: {events:?}");
+    assert!(
+        server.requests().len() > checks_before,
+        "the node stopped checking"
+    );
+    assert_eq!(
+        events.iter().filter(|(t, _)| *t == 13).count(),
+        1,
+        "downloaded again: {events:?}"
+    );
 }

@@ -48,6 +48,9 @@ pub struct BuildOptions {
     pub cmdline: String,
     /// Rebuild even when nothing changed.
     pub force: bool,
+    /// Paths (relative to `/`) removed from the tree before the filesystems are made:
+    /// for deliberately broken test images (e.g. a USR without systemd).
+    pub remove: Vec<String>,
 }
 
 impl BuildOptions {
@@ -69,6 +72,7 @@ impl BuildOptions {
             grub_dir: PathBuf::from("/usr/lib/grub/i386-pc"),
             cmdline: String::new(),
             force: false,
+            remove: Vec::new(),
         }
     }
 }
@@ -242,7 +246,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
 
     let mut h = Sha256::new();
     h.update(format!(
-        "keel-images {} recipe {RECIPE}\n{}\n{}\n{}\n{}\n{:?}\n{}\n{}\n",
+        "keel-images {} recipe {RECIPE}\n{}\n{}\n{}\n{}\n{:?}\n{}\n{}\n{:?}\n",
         env!("CARGO_PKG_VERSION"),
         opts.version,
         opts.rollback_index,
@@ -250,7 +254,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         key_public,
         opts.sizes,
         opts.epoch,
-        opts.cmdline
+        opts.cmdline,
+        opts.remove
     ));
     h.update(initramfs::INIT);
     h.update(tree::dist_digest());
@@ -307,6 +312,15 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         &initrd,
     )?;
     steps.done("initramfs and Keel files");
+    for rel in &opts.remove {
+        let p = tree_dir.join(rel.trim_start_matches('/'));
+        let res = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        res.map_err(io(&p, "remove (--remove)"))?;
+    }
     // /usr goes to USR-A; ROOT keeps an empty /usr to mount it on.
     let usr_dir = work.join("usr");
     std::fs::rename(tree_dir.join("usr"), &usr_dir).map_err(io(&usr_dir, "move /usr to"))?;
