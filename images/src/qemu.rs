@@ -22,13 +22,8 @@ pub const HOST_ALIAS: &str = "10.0.2.100";
 pub enum VmError {
     #[error(transparent)]
     Cmd(#[from] CmdError),
-    #[error("{path}: cannot {op}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("starting QEMU (is qemu-system-x86 installed?)")]
     Spawn(#[source] std::io::Error),
     #[error("{node}: timed out after {secs} s waiting for {what}; last console lines:\n{tail}")]
@@ -49,7 +44,7 @@ pub enum VmError {
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     let path = path.to_path_buf();
-    move |source| VmError::Io { path, op, source }
+    move |source| VmError::Io(crate::IoError { path, op, source })
 }
 
 /// How to run one node.
@@ -116,11 +111,7 @@ impl NodeInfo {
     pub fn load(dir: &Path) -> Result<NodeInfo, VmError> {
         let p = dir.join("node.json");
         let text = std::fs::read_to_string(&p).map_err(io(&p, "read"))?;
-        serde_json::from_str(&text).map_err(|e| VmError::Io {
-            path: p,
-            op: "parse",
-            source: std::io::Error::other(e),
-        })
+        serde_json::from_str(&text).map_err(|e| io(&p, "parse")(std::io::Error::other(e)))
     }
 }
 
@@ -318,16 +309,13 @@ impl Node {
             }
             // 255 = ssh itself failed (connection); anything else is the command's status.
             if out.status.code() != Some(255) || start.elapsed() > timeout {
-                return Err(VmError::Io {
-                    path: PathBuf::from(format!("ssh {user}@{}: {command}", self.info.name)),
-                    op: "run",
-                    source: std::io::Error::other(format!(
-                        "{}; stdout: {}; stderr: {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stdout).trim(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )),
-                });
+                let what = PathBuf::from(format!("ssh {user}@{}: {command}", self.info.name));
+                return Err(io(&what, "run")(std::io::Error::other(format!(
+                    "{}; stdout: {}; stderr: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))));
             }
             std::thread::sleep(Duration::from_secs(1));
         }

@@ -63,3 +63,14 @@ pub fn node_dir(test: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("create the node directory");
     d
 }
+
+/// Runs `keel-locksmith ARGS --endpoint ENDPOINT` on the host; panics unless it succeeds.
+pub fn locksmithctl(endpoint: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::server::keel_locksmith_bin())
+        .args(args)
+        .args(["--endpoint", endpoint])
+        .output()
+        .expect("run keel-locksmith");
+    assert!(out.status.success(), "keel-locksmith {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -6,6 +6,7 @@
 use keel_images::qemu::{HOST_ALIAS, Node, NodeOptions, ensure_ssh_key};
 use keel_tests::image::{node_dir, shared_image};
 use keel_tests::update_server::UpdateServer;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const OMAHA_GUEST_PORT: u16 = 8080;
@@ -15,43 +16,54 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
 }
 
+/// One node on image 1.0.0, a keel-store and an Omaha server offering `payload` on the
+/// host, both reachable from the guest.
+struct Fleet {
+    node: Node,
+    server: UpdateServer,
+    store: keel_tests::Server,
+    start: Instant,
+}
+
+impl Fleet {
+    fn start(name: &str, payload: &Path, payload_name: &str, version: &str) -> Fleet {
+        let (image, m1) = shared_image("1.0.0");
+        let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
+        let server = UpdateServer::start(
+            std::fs::read(payload).unwrap(),
+            payload_name,
+            version,
+            &format!("http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}"),
+        );
+        let dir = node_dir(name);
+        let (_, key) = ensure_ssh_key(&dir).unwrap();
+        let cc = dir.join("cloud-config.yml");
+        std::fs::write(&cc, update_cloud_config(name, &key)).unwrap();
+        let mut o = NodeOptions::new(name, &image.join(&m1.disk), &dir);
+        o.cloud_config = Some(cc);
+        o.relay = Some(keel_tests::server::workspace_bin(
+            "keel-images",
+            "KEEL_IMAGES_BIN",
+        ));
+        o.guest_forwards.push((2379, store.addr().port()));
+        o.guest_forwards.push((OMAHA_GUEST_PORT, server.port));
+        let start = Instant::now();
+        let node = Node::start(o).unwrap();
+        Fleet {
+            node,
+            server,
+            store,
+            start,
+        }
+    }
+}
+
 #[test]
 fn vm_update_reboot_under_lock_and_bless() {
-    let (image, m1) = shared_image("1.0.0");
     let (next, m2) = shared_image("1.1.0");
-    let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
-    let endpoint = store.client_url();
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(keel_tests::server::keel_locksmith_bin())
-            .args(args)
-            .args(["--endpoint", &endpoint])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let payload = std::fs::read(next.join(&m2.payload)).unwrap();
-    let server = UpdateServer::start(
-        payload,
-        &m2.payload,
-        "1.1.0",
-        &format!("http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}"),
-    );
-
-    let dir = node_dir("update");
-    let (_, key) = ensure_ssh_key(&dir).unwrap();
-    let cc = dir.join("cloud-config.yml");
-    std::fs::write(&cc, update_cloud_config("update-1", &key)).unwrap();
-    let mut o = NodeOptions::new("update-1", &image.join(&m1.disk), &dir);
-    o.cloud_config = Some(cc);
-    o.relay = Some(keel_tests::server::workspace_bin(
-        "keel-images",
-        "KEEL_IMAGES_BIN",
-    ));
-    o.guest_forwards.push((2379, store.addr().port()));
-    o.guest_forwards.push((OMAHA_GUEST_PORT, server.port));
-    let start = Instant::now();
-    let node = Node::start(o).unwrap();
+    let f = Fleet::start("update-1", &next.join(&m2.payload), &m2.payload, "1.1.0");
+    let (node, server, start) = (&f.node, &f.server, f.start);
+    let ctl = |args: &[&str]| keel_tests::image::locksmithctl(&f.store.client_url(), args);
     let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
     eprintln!(
         "[{:>5.1}s] first boot: {first}",
@@ -141,31 +153,16 @@ coreos:
 
 #[test]
 fn vm_unbootable_update_falls_back_and_is_not_retried() {
-    let (image, m1) = shared_image("1.0.0");
     // Issue 10 scenario 2, second case: a USR that fails before userspace (no systemd).
     let (bad, m3) =
         keel_tests::image::shared_image_with("1.2.0-nosystemd", &["usr/lib/systemd/systemd"]);
-    let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
-    let server = UpdateServer::start(
-        std::fs::read(bad.join(&m3.payload)).unwrap(),
+    let f = Fleet::start(
+        "rollback-1",
+        &bad.join(&m3.payload),
         &m3.payload,
         "1.2.0-nosystemd",
-        &format!("http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}"),
     );
-    let dir = node_dir("rollback");
-    let (_, key) = ensure_ssh_key(&dir).unwrap();
-    let cc = dir.join("cloud-config.yml");
-    std::fs::write(&cc, update_cloud_config("rollback-1", &key)).unwrap();
-    let mut o = NodeOptions::new("rollback-1", &image.join(&m1.disk), &dir);
-    o.cloud_config = Some(cc);
-    o.relay = Some(keel_tests::server::workspace_bin(
-        "keel-images",
-        "KEEL_IMAGES_BIN",
-    ));
-    o.guest_forwards.push((2379, store.addr().port()));
-    o.guest_forwards.push((OMAHA_GUEST_PORT, server.port));
-    let start = Instant::now();
-    let node = Node::start(o).unwrap();
+    let (node, server, start) = (&f.node, &f.server, f.start);
     let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
     eprintln!(
         "[{:>5.1}s] first boot: {first}",

@@ -237,16 +237,7 @@ fn vm_bad_cloud_config_is_refused_and_host_stays_up() {
 fn vm_two_nodes_share_a_store_on_the_host() {
     let (image, manifest) = shared_image("1.0.0");
     let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
-    let endpoint = store.client_url();
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(keel_tests::server::keel_locksmith_bin())
-            .args(args)
-            .args(["--endpoint", &endpoint])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ctl = |args: &[&str]| keel_tests::image::locksmithctl(&store.client_url(), args);
     ctl(&["set-max", "2"]);
     let mut nodes = Vec::new();
     for i in 1..=2 {

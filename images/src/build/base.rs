@@ -74,13 +74,8 @@ pub struct Base {
 pub enum BaseError {
     #[error(transparent)]
     Cmd(#[from] CmdError),
-    #[error("{path}: cannot {op}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("{0}: the kernel package has no versioned linux-image dependency")]
     NoKernelDep(String),
     #[error("{0}: no vmlinuz or modules in the kernel package")]
@@ -89,7 +84,7 @@ pub enum BaseError {
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> BaseError {
     let path = path.to_path_buf();
-    move |source| BaseError::Io { path, op, source }
+    move |source| BaseError::Io(crate::IoError { path, op, source })
 }
 
 /// Returns the base for `spec` from `cache`, building it first when missing.

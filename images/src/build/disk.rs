@@ -15,13 +15,8 @@ const MIB: u64 = 1 << 20;
 pub enum DiskError {
     #[error(transparent)]
     Cmd(#[from] CmdError),
-    #[error("{path}: cannot {op}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("{path}: cannot write the partition table")]
     Gpt {
         path: PathBuf,
@@ -36,7 +31,7 @@ pub enum DiskError {
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError {
     let path = path.to_path_buf();
-    move |source| DiskError::Io { path, op, source }
+    move |source| DiskError::Io(crate::IoError { path, op, source })
 }
 
 /// Bytes a directory tree takes on ext4 with 4 KiB blocks (files rounded up, plus an inode

@@ -10,7 +10,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Modules the initramfs loads (with their dependencies, from `modules.dep`).
 pub const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod"];
@@ -81,20 +81,19 @@ exec switch_root /newroot "$init"
 /// Why the initramfs could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
-    #[error("reading {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("module {0:?} is not in modules.dep (kernel {1})")]
     NoModule(String, String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
-    move |source| InitramfsError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        InitramfsError::Io(crate::IoError {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })
     }
 }
 

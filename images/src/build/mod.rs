@@ -124,20 +124,15 @@ pub enum BuildError {
     Payload(#[from] payload::build::BuildError),
     #[error(transparent)]
     Env(#[from] keel_updater::grubenv::GrubEnvError),
-    #[error("{path}: cannot {op}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error("USR is {size} bytes but the USR partitions hold {room}; raise --usr-mib")]
     UsrTooBig { size: u64, room: u64 },
 }
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.to_path_buf();
-    move |source| BuildError::Io { path, op, source }
+    move |source| BuildError::Io(crate::IoError { path, op, source })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -204,11 +199,8 @@ fn clamp_times(dir: &Path, epoch: i64) -> Result<(), BuildError> {
     let ts = TimeSpec::new(epoch, 0);
     let mut stack = vec![dir.to_path_buf()];
     let set = |p: &Path| {
-        utimensat(None, p, &ts, &ts, UtimensatFlags::NoFollowSymlink).map_err(|e| BuildError::Io {
-            path: p.to_path_buf(),
-            op: "set the times of",
-            source: e.into(),
-        })
+        utimensat(None, p, &ts, &ts, UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| io(p, "set the times of")(e.into()))
     };
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).map_err(io(&d, "list"))? {

@@ -131,13 +131,8 @@ pub struct TreeInputs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("{path}: cannot {op}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::IoError),
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
     #[error(
@@ -148,7 +143,7 @@ pub enum TreeError {
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> TreeError {
     let path = path.to_path_buf();
-    move |source| TreeError::Io { path, op, source }
+    move |source| TreeError::Io(crate::IoError { path, op, source })
 }
 
 fn write(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<(), TreeError> {
