@@ -56,6 +56,19 @@ impl Fleet {
             start,
         }
     }
+
+    /// `keel-updater status --json` in the guest.
+    fn updater_status(&self) -> serde_json::Value {
+        let status = self
+            .node
+            .ssh_ok(
+                "root",
+                "keel-updater status --json",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        serde_json::from_str(&status).unwrap()
+    }
 }
 
 #[test]
@@ -85,14 +98,7 @@ fn vm_update_reboot_under_lock_and_bless() {
     // Health gate passes → USR-B blessed; the slot goes back to the store.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let status = node
-            .ssh_ok(
-                "root",
-                "keel-updater status --json",
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let v = f.updater_status();
         let b_ok = v["slots"][1]["ok"] == true;
         let free = ctl(&["status"]);
         if b_ok && free.contains("Available: 1") {
@@ -192,14 +198,7 @@ fn vm_unbootable_update_falls_back_and_is_not_retried() {
     // The updater records and reports the rollback, and does not install 1.2.0 again.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let status = node
-            .ssh_ok(
-                "root",
-                "keel-updater status --json",
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let v = f.updater_status();
         let rolled = v["state"]["rolled_back"].to_string();
         if rolled.contains("1.2.0-nosystemd")
             && server
