@@ -31,12 +31,20 @@
 //!     12     4  header_crc   = crc32(bytes 0..12 of the header)
 //!     16     n  payload
 //!
-//! payload = count u32 (>= 1), then `count` times:
+//! payload = count u32, then `count` times:
 //!           index u64, term u64, data_len u32, data[data_len]
+//!           then, if flag STATE: term u64, vote u64, commit u64 (Raft's hard state)
 //! ```
 //!
+//! The top two bits of `count` are flags: bit 31 TRUNCATE (the frame's first entry
+//! replaces the log from its index on, as when Raft overwrites a conflicting
+//! uncommitted suffix), bit 30 STATE (a hard state follows). A frame holds at least
+//! one entry or a hard state. The first frame of every segment carries the current
+//! hard state, so compaction never loses it.
+//!
 //! Entry indices increase by exactly one from entry to entry, across frames
-//! and across segments. Each frame is written with a single `write_all` of a
+//! and across segments, except at a TRUNCATE frame, whose first index may be any
+//! index up to one past the last. Each frame is written with a single `write_all` of a
 //! pre-built buffer, followed by `fdatasync`; the directory is fsynced after a
 //! segment file is created or deleted.
 //!
@@ -102,6 +110,14 @@ pub struct Entry {
     pub term: u64,
     /// Opaque payload (at most `u32::MAX` bytes).
     pub data: Vec<u8>,
+}
+
+/// Raft's hard state as the WAL stores it: current term, vote in it, commit index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
 }
 
 /// Tuning knobs for [`Wal::open`].
@@ -230,6 +246,10 @@ pub struct Wal {
     last_index: u64,
     next_seq: u64,
     poisoned: bool,
+    /// The last hard state written or recovered.
+    hard_state: Option<HardState>,
+    /// The next frame replaces the log from its first entry on (after [`Wal::reset_to`]).
+    truncate_next: bool,
 }
 
 impl Wal {
@@ -258,6 +278,7 @@ impl Wal {
         // Index of the last entry seen so far, across segments.
         let mut prev_last: Option<u64> = None;
         let mut repair: Option<Repair> = None;
+        let mut hard_state = None;
         let count = files.len();
         for (i, (_seq, first_index, path)) in files.into_iter().enumerate() {
             let is_last = i + 1 == count;
@@ -287,10 +308,13 @@ impl Wal {
                     offset: frame.offset,
                     reason,
                 };
-                // `scan_segment` guarantees at least one entry per frame.
+                if let Some(hs) = frame.extras.state {
+                    hard_state = Some(hs);
+                }
                 let (Some(first), Some(last)) = (frame.entries.first(), frame.entries.last())
                 else {
-                    return Err(corrupt("frame holds no entries".into()));
+                    // A frame with only a hard state.
+                    continue;
                 };
                 let (first, last) = (first.index, last.index);
                 if n == 0 && first != first_index {
@@ -298,7 +322,13 @@ impl Wal {
                         "file name says the first index is {first_index} but the first entry has index {first}"
                     )));
                 }
-                if let Some(prev) = prev_last
+                if frame.extras.truncate && prev_last.is_some_and(|prev| first <= prev) {
+                    // Later entries replace earlier ones from `first` on.
+                    out.retain(|e| e.index < first);
+                    for seg in &mut segments {
+                        seg.last_index = seg.last_index.min(first - 1);
+                    }
+                } else if let Some(prev) = prev_last
                     && first != prev.saturating_add(1)
                 {
                     if first <= prev {
@@ -397,6 +427,8 @@ impl Wal {
             last_index: wal_last.max(after_index),
             next_seq,
             poisoned: false,
+            hard_state,
+            truncate_next: false,
         };
         Ok((wal, out))
     }
@@ -411,16 +443,54 @@ impl Wal {
     /// An empty batch is a no-op. After an I/O failure the WAL is poisoned
     /// (see [`WalError::Poisoned`]).
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), WalError> {
+        self.write(entries, None, false)
+    }
+
+    /// Like [`append`](Self::append), for Raft: the first entry may also have any index
+    /// from 1 to [`last_index`](Self::last_index) (it and everything after it replace
+    /// the log from there on), and `state`, if given, is written in the same frame.
+    /// Entries and state are durable when this returns.
+    pub fn save(&mut self, entries: &[Entry], state: Option<HardState>) -> Result<(), WalError> {
+        self.write(entries, state, true)
+    }
+
+    fn write(
+        &mut self,
+        entries: &[Entry],
+        state: Option<HardState>,
+        may_truncate: bool,
+    ) -> Result<(), WalError> {
         self.check_poisoned()?;
-        let Some(first) = entries.first() else {
+        if entries.is_empty() && (state.is_none() || state == self.hard_state) {
             return Ok(());
-        };
-        let payload_len = self.validate(entries)?;
-        let frame = segment::encode_frame(entries, payload_len);
-        let last = entries.last().map_or(first.index, |e| e.index);
-        match self.write_frame(&frame, first.index, last) {
+        }
+        let truncate = self.truncate_next
+            || (may_truncate
+                && entries
+                    .first()
+                    .is_some_and(|e| e.index <= self.last_index && self.last_index > 0));
+        // A new segment starts with the current hard state.
+        let new_segment = self.active.is_none()
+            || self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.size >= self.opts.segment_bytes);
+        let state = state.or(if new_segment { self.hard_state } else { None });
+        let payload_len = self.validate(entries, truncate, state.is_some())?;
+        let extras = segment::FrameExtras { truncate, state };
+        let frame = segment::encode_frame(entries, extras, payload_len);
+        let first = entries.first().map_or(self.last_index + 1, |e| e.index);
+        let last = entries.last().map_or(self.last_index, |e| e.index);
+        if truncate {
+            self.supersede_after(first - 1);
+        }
+        match self.write_frame(&frame, first, last) {
             Ok(()) => {
                 self.last_index = last;
+                self.truncate_next = false;
+                if state.is_some() {
+                    self.hard_state = state;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -428,6 +498,23 @@ impl Wal {
                 Err(e)
             }
         }
+    }
+
+    /// The hard state last written or recovered, if any.
+    pub fn hard_state(&self) -> Option<HardState> {
+        self.hard_state
+    }
+
+    /// After a snapshot at `index` replaced the whole log (a Raft follower installing
+    /// the leader's snapshot): the next entry is `index + 1`, written to a new segment
+    /// as a TRUNCATE frame so that recovery drops whatever the old log held after it.
+    /// Recovery must then be given the snapshot's index (`after_index`).
+    pub fn reset_to(&mut self, index: u64) -> Result<(), WalError> {
+        self.roll()?;
+        self.supersede_after(index);
+        self.last_index = index;
+        self.truncate_next = true;
+        Ok(())
     }
 
     /// Close the current segment; the next append starts a new one.
@@ -482,6 +569,14 @@ impl Wal {
         &self.dir
     }
 
+    /// Entries after `index` in existing segments are replaced: for compaction those
+    /// segments end at `index`.
+    fn supersede_after(&mut self, index: u64) {
+        for seg in &mut self.segments {
+            seg.last_index = seg.last_index.min(index);
+        }
+    }
+
     fn check_poisoned(&self) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned {
@@ -492,7 +587,7 @@ impl Wal {
     }
 
     /// Check index continuity, terms and sizes; returns the payload length.
-    fn validate(&self, entries: &[Entry]) -> Result<u32, WalError> {
+    fn validate(&self, entries: &[Entry], truncate: bool, state: bool) -> Result<u32, WalError> {
         let invalid = |index: u64, reason: &str| WalError::InvalidEntry {
             dir: self.dir.clone(),
             index,
@@ -500,6 +595,8 @@ impl Wal {
         };
         let mut expected = if self.last_index == 0 {
             None
+        } else if truncate {
+            entries.first().map(|e| e.index)
         } else {
             Some(
                 self.last_index
@@ -528,8 +625,12 @@ impl Wal {
             }
             expected = e.index.checked_add(1);
         }
-        segment::payload_len(entries)
-            .ok_or_else(|| invalid(entries[0].index, "batch larger than 4 GiB; split it"))
+        segment::payload_len(entries, state).ok_or_else(|| {
+            invalid(
+                entries.first().map_or(0, |e| e.index),
+                "batch larger than 4 GiB; split it",
+            )
+        })
     }
 
     fn write_frame(&mut self, frame: &[u8], first: u64, last: u64) -> Result<(), WalError> {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::{Entry, WalError};
+use super::{Entry, HardState, WalError};
 
 /// Frame magic; the first four bytes of every frame read `KWAL` on disk.
 pub(super) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"KWAL");
@@ -13,8 +13,16 @@ pub(super) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"KWAL");
 pub(super) const HEADER_LEN: usize = 16;
 /// Per-entry fixed part of the payload: index u64, term u64, data length u32.
 pub(super) const ENTRY_HEADER_LEN: usize = 20;
-/// Payload prefix: entry count u32.
+/// Payload prefix: entry count u32, with the flags below in its top bits.
 pub(super) const COUNT_LEN: usize = 4;
+/// Flag: the frame's first entry replaces the log from its index on (Raft truncating
+/// a conflicting suffix, or a snapshot replacing the log).
+pub(super) const FLAG_TRUNCATE: u32 = 1 << 31;
+/// Flag: a hard state (term u64, vote u64, commit u64) follows the entries.
+pub(super) const FLAG_STATE: u32 = 1 << 30;
+const COUNT_MASK: u32 = !(FLAG_TRUNCATE | FLAG_STATE);
+/// Size of an encoded hard state.
+pub(super) const STATE_LEN: usize = 24;
 /// Sector size used to recognise lost page writes in a torn tail.
 pub(super) const SECTOR: usize = 512;
 /// File name extension of segment files.
@@ -42,8 +50,11 @@ pub(super) fn parse_hex16(s: &str) -> Option<u64> {
 
 /// Size of the payload that encodes `entries`, or `None` if it would not fit
 /// the frame's u32 length field (or an entry's data its u32 length field).
-pub(super) fn payload_len(entries: &[Entry]) -> Option<u32> {
-    let mut total: u64 = COUNT_LEN as u64;
+pub(super) fn payload_len(entries: &[Entry], state: bool) -> Option<u32> {
+    if entries.len() as u64 > u64::from(COUNT_MASK) {
+        return None;
+    }
+    let mut total: u64 = (COUNT_LEN + if state { STATE_LEN } else { 0 }) as u64;
     for e in entries {
         let len = u32::try_from(e.data.len()).ok()?;
         total = total.checked_add(ENTRY_HEADER_LEN as u64 + u64::from(len))?;
@@ -51,20 +62,39 @@ pub(super) fn payload_len(entries: &[Entry]) -> Option<u32> {
     u32::try_from(total).ok()
 }
 
+/// What a frame carries besides its entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct FrameExtras {
+    pub truncate: bool,
+    pub state: Option<HardState>,
+}
+
 /// Build a complete frame (header + payload) for `entries`.
 ///
 /// The caller has validated the batch with [`payload_len`]; `payload_len`
 /// is its result.
-pub(super) fn encode_frame(entries: &[Entry], payload_len: u32) -> Vec<u8> {
+pub(super) fn encode_frame(entries: &[Entry], extras: FrameExtras, payload_len: u32) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + payload_len as usize);
     buf.resize(HEADER_LEN, 0);
     // Lengths were checked by `payload_len`, so these casts cannot truncate.
-    buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    let mut count = entries.len() as u32;
+    if extras.truncate {
+        count |= FLAG_TRUNCATE;
+    }
+    if extras.state.is_some() {
+        count |= FLAG_STATE;
+    }
+    buf.extend_from_slice(&count.to_le_bytes());
     for e in entries {
         buf.extend_from_slice(&e.index.to_le_bytes());
         buf.extend_from_slice(&e.term.to_le_bytes());
         buf.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
         buf.extend_from_slice(&e.data);
+    }
+    if let Some(hs) = extras.state {
+        buf.extend_from_slice(&hs.term.to_le_bytes());
+        buf.extend_from_slice(&hs.vote.to_le_bytes());
+        buf.extend_from_slice(&hs.commit.to_le_bytes());
     }
     debug_assert_eq!(buf.len(), HEADER_LEN + payload_len as usize);
     let payload_crc = crc32fast::hash(&buf[HEADER_LEN..]);
@@ -88,9 +118,11 @@ fn read_u64(b: &[u8], at: usize) -> Option<u64> {
 
 /// Decode a payload whose checksum has already been verified. Errors are
 /// human-readable reasons; the caller attaches path and offset.
-pub(super) fn decode_payload(payload: &[u8]) -> Result<Vec<Entry>, String> {
-    let count = read_u32(payload, 0).ok_or("payload too short for entry count")? as usize;
-    if count == 0 {
+pub(super) fn decode_payload(payload: &[u8]) -> Result<(Vec<Entry>, FrameExtras), String> {
+    let raw = read_u32(payload, 0).ok_or("payload too short for entry count")?;
+    let count = (raw & COUNT_MASK) as usize;
+    let has_state = raw & FLAG_STATE != 0;
+    if count == 0 && !has_state {
         return Err("frame holds no entries".into());
     }
     // Each entry needs at least ENTRY_HEADER_LEN bytes; bound the
@@ -136,13 +168,28 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Vec<Entry>, String> {
             data: data.to_vec(),
         });
     }
+    let mut extras = FrameExtras {
+        truncate: raw & FLAG_TRUNCATE != 0,
+        state: None,
+    };
+    if has_state {
+        let (Some(term), Some(vote), Some(commit)) = (
+            read_u64(payload, at),
+            read_u64(payload, at + 8),
+            read_u64(payload, at + 16),
+        ) else {
+            return Err("hard state runs past the end of the payload".into());
+        };
+        at += STATE_LEN;
+        extras.state = Some(HardState { term, vote, commit });
+    }
     if at != payload.len() {
         return Err(format!(
             "{} unexpected trailing bytes after {count} entries",
             payload.len() - at
         ));
     }
-    Ok(entries)
+    Ok((entries, extras))
 }
 
 /// One intact frame found by [`scan_segment`].
@@ -150,8 +197,9 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Vec<Entry>, String> {
 pub(super) struct ScannedFrame {
     /// Byte offset of the frame header within the segment.
     pub offset: u64,
-    /// The frame's entries (at least one, indices consecutive).
+    /// The frame's entries (indices consecutive; none only in a hard-state frame).
     pub entries: Vec<Entry>,
+    pub extras: FrameExtras,
 }
 
 /// A torn tail found at the end of the last segment.
@@ -289,10 +337,11 @@ pub(super) fn scan_segment(path: &Path, bytes: &[u8], is_last: bool) -> Result<S
             }
             return Err(corrupt(off, "checksum mismatch".into()));
         }
-        let entries = decode_payload(payload).map_err(|r| corrupt(off, r))?;
+        let (entries, extras) = decode_payload(payload).map_err(|r| corrupt(off, r))?;
         frames.push(ScannedFrame {
             offset: off as u64,
             entries,
+            extras,
         });
         off = end;
     }
@@ -312,7 +361,11 @@ mod tests {
     }
 
     fn frame(entries: &[Entry]) -> Vec<u8> {
-        encode_frame(entries, payload_len(entries).unwrap())
+        encode_frame(
+            entries,
+            FrameExtras::default(),
+            payload_len(entries, false).unwrap(),
+        )
     }
 
     #[test]
@@ -357,6 +410,32 @@ mod tests {
         let second = COUNT_LEN + ENTRY_HEADER_LEN + 2;
         p[second..second + 8].copy_from_slice(&3u64.to_le_bytes());
         assert!(decode_payload(&p).unwrap_err().contains("discontinuity"));
+    }
+
+    #[test]
+    fn flags_and_hard_state_round_trip() {
+        let entries = vec![e(3, b"x")];
+        let extras = FrameExtras {
+            truncate: true,
+            state: Some(HardState {
+                term: 5,
+                vote: 7,
+                commit: 2,
+            }),
+        };
+        let f = encode_frame(&entries, extras, payload_len(&entries, true).unwrap());
+        let scan = scan_segment(Path::new("x"), &f, false).unwrap();
+        assert_eq!(scan.frames[0].entries, entries);
+        assert_eq!(scan.frames[0].extras, extras);
+        // A frame may carry only a hard state.
+        let only = FrameExtras {
+            truncate: false,
+            state: extras.state,
+        };
+        let f = encode_frame(&[], only, payload_len(&[], true).unwrap());
+        let (got, x) = decode_payload(&f[HEADER_LEN..]).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(x, only);
     }
 
     #[test]

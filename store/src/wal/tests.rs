@@ -35,7 +35,7 @@ fn opts(segment_bytes: u64) -> WalOptions {
 
 /// Encoded size of the frame holding `entries`.
 fn frame_len(entries: &[Entry]) -> u64 {
-    HEADER_LEN as u64 + u64::from(segment::payload_len(entries).unwrap())
+    HEADER_LEN as u64 + u64::from(segment::payload_len(entries, false).unwrap())
 }
 
 fn seg_files(dir: &Path) -> Vec<PathBuf> {
@@ -75,7 +75,11 @@ fn write_segment(dir: &Path, seq: u64, first_index: u64, batches: &[Vec<Entry>])
     let path = dir.join(segment::segment_file_name(seq, first_index));
     let mut bytes = Vec::new();
     for b in batches {
-        bytes.extend(segment::encode_frame(b, segment::payload_len(b).unwrap()));
+        bytes.extend(segment::encode_frame(
+            b,
+            Default::default(),
+            segment::payload_len(b, false).unwrap(),
+        ));
     }
     fs::write(&path, bytes).unwrap();
     path
@@ -380,7 +384,11 @@ fn index_gaps_and_regressions_are_corrupt() {
     // found.
     let mut bytes = fs::read(&seg).unwrap();
     bytes.extend_from_slice(
-        &segment::encode_frame(&batch(6, 1), segment::payload_len(&batch(6, 1)).unwrap())[..30],
+        &segment::encode_frame(
+            &batch(6, 1),
+            Default::default(),
+            segment::payload_len(&batch(6, 1), false).unwrap(),
+        )[..30],
     );
     fs::write(&seg, &bytes).unwrap();
     assert_corrupt(&open_err(&d, 0), &seg, frame_len(&b1));
@@ -758,4 +766,60 @@ proptest! {
         let (_, entries) = Wal::open(dir, 0, opts(segment_bytes)).unwrap();
         prop_assert_eq!(&entries, &all);
     }
+}
+
+fn hs(term: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote: 1,
+        commit,
+    }
+}
+
+#[test]
+fn raft_truncation_and_hard_state_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = open(dir.path(), 0);
+        wal.save(&batch(1, 5), Some(hs(1, 3))).unwrap();
+        // A new leader overwrites the uncommitted 4..=5 with 4..=6 of term 2.
+        let mut replaced = batch(4, 3);
+        for e in &mut replaced {
+            e.term = 2;
+        }
+        wal.save(&replaced, None).unwrap();
+        // Only the hard state changes.
+        wal.save(&[], Some(hs(2, 6))).unwrap();
+        assert_eq!(wal.last_index(), 6);
+    }
+    let (wal, entries) = open(dir.path(), 0);
+    assert_eq!(wal.hard_state(), Some(hs(2, 6)));
+    let got: Vec<(u64, u64)> = entries.iter().map(|e| (e.index, e.term)).collect();
+    assert_eq!(got, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
+}
+
+#[test]
+fn reset_to_a_snapshot_drops_the_old_log_and_new_segments_carry_the_hard_state() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = open(dir.path(), 0);
+        wal.save(&batch(1, 10), Some(hs(3, 10))).unwrap();
+        // A snapshot at 7 from the leader replaces the log (8..=10 were never committed).
+        wal.reset_to(7).unwrap();
+        wal.save(&batch(8, 2), None).unwrap();
+    }
+    let files = seg_files(dir.path());
+    assert_eq!(files.len(), 2);
+    // Recovery is given the snapshot index; the old 8..=10 are gone.
+    let (mut wal, entries) = open(dir.path(), 7);
+    assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), [8, 9]);
+    assert_eq!(wal.hard_state(), Some(hs(3, 10)));
+    // Compacting the first segment away keeps the hard state (the second repeats it).
+    wal.roll().unwrap();
+    wal.save(&batch(10, 1), None).unwrap();
+    assert_eq!(wal.compact(9).unwrap(), 2);
+    drop(wal);
+    let (wal, entries) = open(dir.path(), 9);
+    assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), [10]);
+    assert_eq!(wal.hard_state(), Some(hs(3, 10)));
 }
