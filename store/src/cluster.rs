@@ -3,24 +3,77 @@
 //! the first 8 bytes (big-endian) of SHA-1 over its sorted peer URLs and the cluster
 //! token; the cluster id likewise over the sorted member ids.
 
+use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-/// One member as `/v2/members` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One member as `/v2/members` shows it. `name` and `client_urls` stay empty until
+/// the member has started and published them through the log (etcd's "unstarted").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: u64,
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    pub is_learner: bool,
 }
 
-/// What this server knows about its cluster.
+/// The replicated membership: part of the state machine and of every snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub cluster_id: u64,
+    /// By member id, so listings come out sorted as etcd sorts them.
+    pub members: BTreeMap<u64, Member>,
+    /// Ids removed from the cluster; they may never rejoin (etcd keeps the same list).
+    pub removed: Vec<u64>,
+}
+
+impl Members {
+    /// The bootstrap membership of a new cluster.
+    pub fn bootstrap(initial: &[(String, Vec<String>)], token: &str) -> Self {
+        let members: BTreeMap<u64, Member> = initial
+            .iter()
+            .map(|(name, urls)| {
+                let id = member_id(urls, token);
+                (
+                    id,
+                    Member {
+                        id,
+                        name: name.clone(),
+                        peer_urls: urls.clone(),
+                        client_urls: Vec::new(),
+                        is_learner: false,
+                    },
+                )
+            })
+            .collect();
+        let ids: Vec<u64> = members.keys().copied().collect();
+        Members {
+            cluster_id: cluster_id(&ids),
+            members,
+            removed: Vec::new(),
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    pub fn list(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// The member that advertises `url` as a peer URL, if any.
+    pub fn by_peer_url(&self, url: &str) -> Option<&Member> {
+        self.list().find(|m| m.peer_urls.iter().any(|u| u == url))
+    }
+}
+
+/// What this server knows about itself; the membership lives in the engine's state.
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    pub id: u64,
     pub local: Member,
-    pub members: Vec<Member>,
     /// When this process started.
     pub start_time: SystemTime,
 }
@@ -55,24 +108,22 @@ fn first_u64(digest: &[u8]) -> u64 {
 }
 
 impl Cluster {
-    /// A one-member cluster.
-    pub fn single(
+    /// This member, as identified by its flags.
+    pub fn local(
         name: &str,
         peer_urls: Vec<String>,
         client_urls: Vec<String>,
         token: &str,
     ) -> Self {
         let id = member_id(&peer_urls, token);
-        let local = Member {
-            id,
-            name: name.to_string(),
-            peer_urls,
-            client_urls,
-        };
         Cluster {
-            id: cluster_id(&[id]),
-            members: vec![local.clone()],
-            local,
+            local: Member {
+                id,
+                name: name.to_string(),
+                peer_urls,
+                client_urls,
+                is_learner: false,
+            },
             start_time: SystemTime::now(),
         }
     }

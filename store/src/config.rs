@@ -52,7 +52,7 @@ pub struct EtcdFlags {
     /// Client URLs advertised to the cluster and clients (comma-separated).
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
     pub advertise_client_urls: String,
-    /// URLs to listen on for peer traffic (recorded; peers arrive with clustering).
+    /// URLs to listen on for peer traffic.
     #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = DEFAULT_PEER_URL)]
     pub listen_peer_urls: String,
     /// This member's peer URLs to advertise to the cluster.
@@ -84,10 +84,10 @@ pub struct EtcdFlags {
     #[arg(long = "experimental-watch-progress-notify-interval", env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
           default_value_t = 600_000, value_parser = parse_go_duration_ms)]
     pub experimental_watch_progress_notify_interval_ms: u64,
-    /// Time (ms) of a heartbeat interval (validated; used once Raft lands).
+    /// Time (ms) of a heartbeat interval: one Raft tick.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
-    /// Time (ms) for an election to time out (validated; used once Raft lands).
+    /// Time (ms) for an election to time out.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Accept etcd v2 API requests (keel-store always serves v2; accepted for etcd compatibility).
@@ -208,7 +208,17 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsFiles>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
+    /// Where peer traffic is accepted (`--listen-peer-urls`).
+    pub listen_peer: Vec<Listen>,
+    /// The members of a new cluster (`--initial-cluster`; just this member by default).
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// Join a running cluster (`--initial-cluster-state existing`).
+    pub join_existing: bool,
     pub cluster_token: String,
+    /// One Raft tick (`--heartbeat-interval`).
+    pub heartbeat: std::time::Duration,
+    /// `--election-timeout`.
+    pub election: std::time::Duration,
     pub snapshot_count: u64,
     pub max_request_bytes: u64,
     pub log_level: String,
@@ -329,7 +339,13 @@ impl EtcdFlags {
             "initial-advertise-peer-urls",
             &self.initial_advertise_peer_urls,
         )?;
-        parse_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let listen_peer = parse_listen_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        if listen_peer.iter().any(|l| l.https) || peer_urls.iter().any(|u| u.starts_with("https")) {
+            return Err(ConfigError::Unsupported {
+                flag: "listen-peer-urls",
+                why: "peer TLS is not supported yet; use http:// peer URLs",
+            });
+        }
         if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
             return Err(invalid(
                 "initial-cluster-state",
@@ -339,30 +355,16 @@ impl EtcdFlags {
                 ),
             ));
         }
-        if self.initial_cluster_state == "existing" {
-            return Err(ConfigError::Unsupported {
-                flag: "initial-cluster-state",
-                why: "joining an existing cluster arrives with clustering",
-            });
-        }
-        if let Some(ic) = &self.initial_cluster {
-            let members = parse_initial_cluster(ic)?;
-            if members.len() > 1 {
-                return Err(ConfigError::Unsupported {
-                    flag: "initial-cluster",
-                    why: "multi-member clusters arrive with clustering; give only this member",
-                });
-            }
-            if let Some((name, urls)) = members.first() {
-                if name != &self.name {
+        let initial_cluster = match &self.initial_cluster {
+            None => vec![(self.name.clone(), peer_urls.clone())],
+            Some(ic) => {
+                let members = parse_initial_cluster(ic)?;
+                let Some((name, urls)) = members.iter().find(|(n, _)| n == &self.name) else {
                     return Err(invalid(
                         "initial-cluster",
-                        format!(
-                            "does not name this member {:?} (it names {name:?})",
-                            self.name
-                        ),
+                        format!("does not name this member {:?}", self.name),
                     ));
-                }
+                };
                 let mut a = urls.clone();
                 let mut b = peer_urls.clone();
                 a.sort();
@@ -375,8 +377,9 @@ impl EtcdFlags {
                         ),
                     ));
                 }
+                members
             }
-        }
+        };
         if self.snapshot_count == 0 {
             return Err(invalid("snapshot-count", "must be at least 1"));
         }
@@ -415,7 +418,12 @@ impl EtcdFlags {
             tls,
             advertise_client_urls,
             peer_urls,
+            listen_peer,
+            initial_cluster,
+            join_existing: self.initial_cluster_state == "existing",
             cluster_token: self.initial_cluster_token.clone(),
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_interval),
+            election: std::time::Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
             max_request_bytes: self.max_request_bytes,
             log_level: self.log_level.clone(),
@@ -641,11 +649,16 @@ mod tests {
                 .unwrap_err()
                 .contains("IP address")
         );
-        let two = "default=http://localhost:2380,b=http://localhost:2381";
+        let two = "a=http://localhost:2380,b=http://localhost:2381";
         assert!(
             parse(&["--initial-cluster", two])
                 .unwrap_err()
-                .contains("multi-member")
+                .contains("does not name this member \"default\"")
+        );
+        assert!(
+            parse(&["--name", "b", "--initial-cluster", two])
+                .unwrap_err()
+                .contains("differ from --initial-advertise-peer-urls")
         );
         let e = T::try_parse_from(["x"])
             .unwrap()

@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod json;
+pub mod peer;
 pub mod server;
 pub mod tls;
 pub mod v2;

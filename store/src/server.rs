@@ -1,10 +1,10 @@
 //! Running a member: recover the engine, bind the client listeners, expire TTLs, serve
 //! until shutdown, then let the log writer finish.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Members};
 use crate::config::Settings;
 use crate::engine::command::Command;
-use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::engine::{Bootstrap, Engine, EngineError, EngineOptions, Outbox, RaftOptions};
 use crate::http::{self, AppState};
 use crate::v3::api::V3Api;
 use crate::wal::WalOptions;
@@ -36,17 +36,87 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("the recovery task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(
+        "cannot join the cluster: {0} (add this member with `etcdctl member add` first, and list the running members in --initial-cluster)"
+    )]
+    JoinCluster(String),
+    #[error("cannot read or write the member id file {path}")]
+    IdFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// This member's id: kept in `member/id` once known. A new cluster's members compute
+/// theirs from the flags as etcd does; a joining member finds itself in the membership
+/// of the running members by its peer URLs.
+async fn member_id(settings: &Settings) -> Result<u64, ServerError> {
+    let path = settings.data_dir.join("member").join("id");
+    let id_err = |source| ServerError::IdFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            return u64::from_str_radix(s.trim(), 16)
+                .map_err(|e| id_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(id_err(e)),
+    }
+    let id = if settings.join_existing {
+        let others: Vec<String> = settings
+            .initial_cluster
+            .iter()
+            .filter(|(n, _)| n != &settings.name)
+            .flat_map(|(_, urls)| urls.clone())
+            .collect();
+        let members = crate::peer::fetch_members(&others)
+            .await
+            .map_err(|e| ServerError::JoinCluster(e.to_string()))?;
+        let me = settings
+            .peer_urls
+            .iter()
+            .find_map(|u| members.by_peer_url(u))
+            .ok_or_else(|| {
+                ServerError::JoinCluster(format!(
+                    "no member has the peer URLs {:?}",
+                    settings.peer_urls
+                ))
+            })?;
+        me.id
+    } else {
+        crate::cluster::member_id(&settings.peer_urls, &settings.cluster_token)
+    };
+    std::fs::create_dir_all(settings.data_dir.join("member")).map_err(id_err)?;
+    crate::wal::atomic_write(&path, format!("{id:x}\n").as_bytes()).map_err(id_err)?;
+    Ok(id)
 }
 
 /// Open the engine for `settings`.
-pub async fn open_engine(settings: &Settings) -> Result<Engine, ServerError> {
+pub async fn open_engine(settings: &Settings) -> Result<(Engine, Outbox), ServerError> {
+    let id = member_id(settings).await?;
     let mut opts = EngineOptions::new(&settings.data_dir);
     opts.snapshot_count = settings.snapshot_count;
     opts.wal = WalOptions::default();
     opts.wal_dir = settings.wal_dir.clone();
+    opts.raft = RaftOptions {
+        id,
+        heartbeat: settings.heartbeat,
+        election: settings.election,
+        bootstrap: if settings.join_existing {
+            Bootstrap::Existing
+        } else {
+            Bootstrap::New(Members::bootstrap(
+                &settings.initial_cluster,
+                &settings.cluster_token,
+            ))
+        },
+    };
     let dir = settings.data_dir.clone();
     let started = Instant::now();
-    let (engine, recovery) = tokio::task::spawn_blocking(move || Engine::open(opts))
+    let (engine, recovery, outbox) = tokio::task::spawn_blocking(move || Engine::open(opts))
         .await?
         .map_err(|source| ServerError::Recover { dir, source })?;
     tracing::info!(
@@ -56,7 +126,7 @@ pub async fn open_engine(settings: &Settings) -> Result<Engine, ServerError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "store recovered"
     );
-    Ok(engine)
+    Ok((engine, outbox))
 }
 
 /// Serve a member until `shutdown` resolves.
@@ -64,7 +134,24 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let engine = open_engine(&settings).await?;
+    let (engine, outbox) = open_engine(&settings).await?;
+    let alone = engine.members().members.len() <= 1 && !settings.join_existing;
+    let mut peer_listeners = Vec::new();
+    for listen in &settings.listen_peer {
+        let addr = listen.addr;
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "serving peer traffic");
+                peer_listeners.push(l);
+            }
+            // A one-member cluster can run without its peer port (as in tests that
+            // start many stores on the default peer URL).
+            Err(e) if alone => {
+                tracing::warn!(%addr, error = %e, "cannot listen for peers; running alone")
+            }
+            Err(source) => return Err(ServerError::Listen { addr, source }),
+        }
+    }
     let tls = match &settings.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
             files,
@@ -80,15 +167,22 @@ pub async fn run(
         tracing::info!(%addr, tls = listen.https, "serving client requests");
         listeners.push((l, listen.https.then(|| tls.clone()).flatten()));
     }
-    let cluster = Cluster::single(
+    let mut cluster = Cluster::local(
         &settings.name,
         settings.peer_urls.clone(),
         settings.advertise_client_urls.clone(),
         &settings.cluster_token,
     );
-    tracing::info!(member_id = %format!("{:x}", cluster.local.id), cluster_id = %format!("{:x}", cluster.id), "member ready");
+    cluster.local.id = engine.status().id;
+    tracing::info!(member_id = %format!("{:x}", cluster.local.id), cluster_id = %format!("{:x}", engine.cluster_id()), "member ready");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let mut background = Vec::new();
+    for l in peer_listeners {
+        background.push(tokio::spawn(crate::peer::serve(l, engine.clone())));
+    }
+    background.push(tokio::spawn(crate::peer::send_all(engine.clone(), outbox)));
+    background.push(tokio::spawn(publish(engine.clone(), cluster.local.clone())));
     let cluster = Arc::new(cluster);
     let v3 = V3Api::new(engine.clone(), cluster.clone(), settings.v3.clone());
     let state = AppState {
@@ -132,8 +226,35 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
+    for t in background {
+        t.abort();
+    }
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
+}
+
+/// Publish this member's name and client URLs through the log once there is a leader
+/// (etcd's `publish`), retrying until it is done.
+async fn publish(engine: Engine, local: crate::cluster::Member) {
+    loop {
+        let current = engine.members().get(local.id).cloned();
+        match current {
+            Some(m) if m.name == local.name && m.client_urls == local.client_urls => return,
+            _ => {}
+        }
+        let cmd = Command::Publish {
+            id: local.id,
+            name: local.name.clone(),
+            client_urls: local.client_urls.clone(),
+        };
+        match engine.propose(cmd).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot publish this member yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// How often remaining lease TTLs are checkpointed into the log (etcd checkpoints every
@@ -147,9 +268,22 @@ pub async fn run_leases(engine: Engine) {
     let mut tick = tokio::time::interval(TTL_SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = Instant::now();
+    let mut leading = engine.is_leader();
     loop {
         tick.tick().await;
         let now = Instant::now();
+        let was_leading = leading;
+        leading = engine.is_leader();
+        if !leading {
+            continue;
+        }
+        if !was_leading {
+            // A new leader gives every lease its remaining TTL again (etcd's Promote):
+            // keep-alives sent to the old leader were not seen here.
+            engine.write().v3.resume_leases(now);
+            last_checkpoint = now;
+            continue;
+        }
         let expired = engine.read().v3.expired_leases(now);
         for id in expired {
             match engine
@@ -188,6 +322,9 @@ pub async fn expire_keys(engine: Engine) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !engine.is_leader() {
+            continue;
+        }
         let now = http::now_nanos();
         let due = engine.read().v2.next_expiry().is_some_and(|at| at <= now);
         if due && let Err(e) = engine.propose(Command::Sync { now }).await {

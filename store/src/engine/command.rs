@@ -17,6 +17,15 @@ pub enum Command {
     Sync { now: i64 },
     /// A v3 API write.
     V3(V3Write),
+    /// A member's name and client URLs, published once it runs (etcd's
+    /// `ClusterAttrSetRequest`).
+    Publish {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    /// New peer URLs of a member (etcd's `MemberUpdate`).
+    UpdateMember { id: u64, peer_urls: Vec<String> },
 }
 
 /// The v2 write methods.
@@ -49,8 +58,12 @@ pub struct V2Write {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     V2(Box<Result<Event, V2Error>>),
-    Synced { expired: usize },
+    Synced {
+        expired: usize,
+    },
     V3(Box<Result<V3Applied, V3Error>>),
+    /// A membership command was applied.
+    Done,
 }
 
 /// Apply one command to the state machine (etcd's `applyV2Request` / `applierV3`);
@@ -62,6 +75,8 @@ pub fn apply(v2: &mut V2Store, v3: &mut V3State, cmd: &Command, now: Instant) ->
             expired: v2.delete_expired(*now).len(),
         },
         Command::V2(w) => Outcome::V2(Box::new(apply_v2(v2, w))),
+        // Membership is applied by the engine, which owns it.
+        Command::Publish { .. } | Command::UpdateMember { .. } => Outcome::Done,
     }
 }
 

@@ -1,46 +1,59 @@
-//! The engine: one ordered log of commands and one state machine applying it.
+//! The engine: one replicated log of commands and one state machine applying it.
 //!
 //! ```text
-//!  HTTP handlers ──propose(Command)──▶ writer thread ──append batch + fdatasync──▶ WAL
-//!        ▲                                   │
-//!        └──── reply (index, outcome) ◀── apply under the state's write lock
-//!  reads ─────────────── state read lock ──▶ V2Store
+//!  HTTP/gRPC handlers ──propose(Command)──▶ raft thread ──RawNode──▶ peers (transport)
+//!        ▲                                       │ Ready: entries + hard state ─▶ WAL (one fdatasync)
+//!        └──── reply (index, outcome) ◀── apply committed entries under the state's write lock
+//!  linearizable reads ──read_index()──▶ raft thread (ReadIndex) ──▶ wait until applied
+//!  reads ────────────── state read lock ──▶ V2Store / V3State
 //! ```
 //!
-//! Proposals queue on a channel; the writer thread drains what has queued up, assigns
-//! log indexes, writes them as one WAL frame and syncs it (group commit), then applies
-//! them in order and answers each proposer. Nothing is applied, so nothing is visible to
-//! any reader, before it is durable. Every `snapshot_count` entries the state is
-//! serialized (under the read lock, so reads go on) and written by a helper thread; once
-//! that file is durable, WAL segments it covers are deleted.
+//! Consensus is the `raft` crate (a port of etcd's own raft). One thread owns the
+//! `RawNode`: it takes proposals, peer messages and read requests from a channel, ticks
+//! every heartbeat interval, and handles each `Ready` as etcd does: messages out,
+//! entries and hard state into the WAL as one frame with one `fdatasync`, committed
+//! entries applied in order, each proposer answered when its entry is applied on this
+//! member. A one-member cluster runs the same pipeline (it campaigns at once).
 //!
-//! On start the newest snapshot is loaded and the WAL entries after it replayed. A torn
-//! tail is cut off by the WAL; any other damage stops the start with an error that names
-//! the file and offset. Later, Raft replaces the single-node "append then apply": the
-//! log, commands and state machine stay as they are.
+//! Every `snapshot_count` applied entries the state is serialized (under the read
+//! lock, so reads go on) and written by a helper thread; once durable, WAL segments it
+//! covers are deleted and the in-memory log keeps `CATCH_UP_ENTRIES` for slow
+//! followers. A member too far behind receives a snapshot of the leader's applied
+//! state instead.
+//!
+//! On start the newest snapshot is loaded, the WAL after it read back into the Raft
+//! log, and the entries the hard state says are committed applied before serving.
 
 pub mod command;
+mod node;
+mod storage;
 
+use crate::cluster::Members;
 use crate::v2::{self, V2Store};
 use crate::v3::V3State;
 use crate::v3::mvcc::Mvcc;
-use crate::wal::{self, Entry, SnapshotMeta, Wal, WalError, WalOptions};
+use crate::wal::{self, SnapshotMeta, WalError, WalOptions};
 use command::{Command, Outcome};
+use raft::eraftpb::{ConfState, Message};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// etcd's default `--snapshot-count`.
 pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
-/// Most commands written as one WAL frame.
-const MAX_BATCH_ENTRIES: usize = 4096;
 /// Snapshots kept on disk.
 const SNAPSHOTS_KEPT: usize = 2;
-/// Term of every entry until Raft arrives.
-const SINGLE_NODE_TERM: u64 = 1;
-const SNAPSHOT_FORMAT: u32 = 3;
+const SNAPSHOT_FORMAT: u32 = 4;
+/// Entries kept in memory behind a snapshot so that a slow follower can catch up
+/// without one (etcd's `SnapshotCatchUpEntries`).
+const CATCH_UP_ENTRIES: u64 = 5000;
+/// Index and term of the bootstrap snapshot of a new cluster. The log proper starts
+/// after it, so a member added later always starts from a snapshot.
+const BOOTSTRAP_INDEX: u64 = 1;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +64,11 @@ pub enum EngineError {
     Failed(String),
     #[error(transparent)]
     Wal(#[from] WalError),
-    #[error("cannot decode log entry {index} in {dir}")]
+    #[error("cannot decode log entry {index} in {dir}: {reason}")]
     DecodeEntry {
         index: u64,
         dir: PathBuf,
-        #[source]
-        source: postcard::Error,
+        reason: String,
     },
     #[error("cannot decode snapshot at index {index} in {dir}: {reason}")]
     DecodeSnapshot {
@@ -66,6 +78,71 @@ pub enum EngineError {
     },
     #[error("cannot start a store thread")]
     Thread(#[source] std::io::Error),
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    Removed,
+    #[error("{0} holds a WAL but no snapshot; it was not written by this version of keel-store")]
+    NoSnapshot(PathBuf),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("membership: peerURL exists")]
+    PeerUrlExists,
+    #[error("membership: member not found")]
+    NotFound(u64),
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// How a member without any data starts.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// A new cluster with these members (`--initial-cluster-state new`).
+    New(Members),
+    /// Join a running cluster that already added this member
+    /// (`--initial-cluster-state existing`); the leader sends it a snapshot.
+    Existing,
+}
+
+/// Raft settings of this member.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    /// This member's id.
+    pub id: u64,
+    /// etcd's `--heartbeat-interval`: one Raft tick.
+    pub heartbeat: Duration,
+    /// etcd's `--election-timeout`.
+    pub election: Duration,
+    pub bootstrap: Bootstrap,
+}
+
+impl RaftOptions {
+    /// A one-member cluster of `name` at `peer_urls`.
+    pub fn single(name: &str, peer_urls: Vec<String>, token: &str) -> Self {
+        let members = Members::bootstrap(&[(name.to_string(), peer_urls.clone())], token);
+        RaftOptions {
+            id: crate::cluster::member_id(&peer_urls, token),
+            heartbeat: Duration::from_millis(100),
+            election: Duration::from_millis(1000),
+            bootstrap: Bootstrap::New(members),
+        }
+    }
+
+    /// etcd's request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.election
+    }
 }
 
 /// How to open the engine.
@@ -78,15 +155,22 @@ pub struct EngineOptions {
     /// Entries between snapshots.
     pub snapshot_count: u64,
     pub wal: WalOptions,
+    pub raft: RaftOptions,
 }
 
 impl EngineOptions {
+    /// A one-member store with etcd's default name and peer URL.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         EngineOptions {
             data_dir: data_dir.into(),
             wal_dir: None,
             snapshot_count: DEFAULT_SNAPSHOT_COUNT,
             wal: WalOptions::default(),
+            raft: RaftOptions::single(
+                "default",
+                vec![crate::config::DEFAULT_PEER_URL.to_string()],
+                "etcd-cluster",
+            ),
         }
     }
 }
@@ -96,12 +180,40 @@ impl EngineOptions {
 pub struct State {
     pub v2: V2Store,
     pub v3: V3State,
-    /// Index of the last applied (and durable) log entry.
+    pub members: Members,
+    /// Index of the last applied log entry.
     pub applied_index: u64,
+    /// The current Raft term.
     pub term: u64,
 }
 
-/// The result of a proposal once it is durable and applied.
+impl State {
+    /// Apply one command of the log.
+    fn apply(&mut self, cmd: &Command, now: std::time::Instant) -> Outcome {
+        match cmd {
+            Command::Publish {
+                id,
+                name,
+                client_urls,
+            } => {
+                if let Some(m) = self.members.members.get_mut(id) {
+                    m.name.clone_from(name);
+                    m.client_urls.clone_from(client_urls);
+                }
+                Outcome::Done
+            }
+            Command::UpdateMember { id, peer_urls } => {
+                if let Some(m) = self.members.members.get_mut(id) {
+                    m.peer_urls.clone_from(peer_urls);
+                }
+                Outcome::Done
+            }
+            _ => command::apply(&mut self.v2, &mut self.v3, cmd, now),
+        }
+    }
+}
+
+/// The result of a proposal once it is committed and applied on this member.
 #[derive(Debug)]
 pub struct Applied {
     pub index: u64,
@@ -116,23 +228,72 @@ pub struct Recovery {
     pub replayed_entries: usize,
 }
 
-struct Proposal {
-    cmd: Command,
-    reply: oneshot::Sender<Result<Applied, EngineError>>,
+/// Where this member stands in Raft (etcd's `Status` RPC numbers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    /// The leader this member knows of; 0 if none.
+    pub leader: u64,
+    pub term: u64,
+    /// Index of the last entry in the log.
+    pub last_index: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub is_learner: bool,
+}
+
+type Reply = oneshot::Sender<Result<Applied, EngineError>>;
+type ReadReply = oneshot::Sender<Result<(), EngineError>>;
+
+/// A change of membership, carried in a Raft configuration change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    Add(crate::cluster::Member),
+    Remove(u64),
+    Promote(u64),
+}
+
+/// Work for the Raft thread.
+enum Input {
+    Propose { cmd: Command, reply: Reply },
+    ChangeMembers { change: MemberChange, reply: Reply },
+    Read(ReadReply),
+    Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotSent { to: u64, ok: bool },
+    TransferLeader(u64),
 }
 
 #[derive(Debug)]
 struct Shared {
     state: RwLock<State>,
-    proposals: Mutex<Option<mpsc::Sender<Proposal>>>,
+    inbox: Mutex<Option<mpsc::Sender<Input>>>,
     failed: OnceLock<String>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     data_dir: PathBuf,
+    status: Mutex<RaftStatus>,
+    request_timeout: Duration,
+    /// The cluster id, readable without the state lock (response headers).
+    cluster_id: AtomicU64,
 }
 
-impl std::fmt::Debug for Proposal {
+impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proposal").field("cmd", &self.cmd).finish()
+        match self {
+            Input::Propose { cmd, .. } => f.debug_tuple("Propose").field(cmd).finish(),
+            Input::ChangeMembers { change, .. } => {
+                f.debug_tuple("ChangeMembers").field(change).finish()
+            }
+            Input::Read(_) => f.write_str("Read"),
+            Input::Step(m) => f.debug_tuple("Step").field(&m.get_msg_type()).finish(),
+            Input::Unreachable(id) => f.debug_tuple("Unreachable").field(id).finish(),
+            Input::SnapshotSent { to, ok } => f
+                .debug_struct("SnapshotSent")
+                .field("to", to)
+                .field("ok", ok)
+                .finish(),
+            Input::TransferLeader(id) => f.debug_tuple("TransferLeader").field(id).finish(),
+        }
     }
 }
 
@@ -142,12 +303,18 @@ pub struct Engine {
     shared: Arc<Shared>,
 }
 
+/// Messages the engine wants delivered to other members.
+pub type Outbox = tokio::sync::mpsc::UnboundedReceiver<Message>;
+
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     format: u32,
     applied_index: u64,
     v2: v2::SnapshotRef<'a>,
     v3: &'a Mvcc,
+    members: &'a Members,
+    voters: &'a [u64],
+    learners: &'a [u64],
 }
 
 #[derive(Deserialize)]
@@ -156,95 +323,206 @@ struct SnapshotIn {
     applied_index: u64,
     v2: v2::Snapshot,
     v3: Mvcc,
+    members: Members,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+/// The state machine as snapshot bytes.
+fn encode_state(state: &State, conf: &ConfState) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(&SnapshotOut {
+        format: SNAPSHOT_FORMAT,
+        applied_index: state.applied_index,
+        v2: state.v2.snapshot(),
+        v3: &state.v3.mvcc,
+        members: &state.members,
+        voters: &conf.voters,
+        learners: &conf.learners,
+    })
+}
+
+/// Snapshot bytes back into a state machine and the configuration it was taken in.
+fn decode_state(bytes: &[u8]) -> Result<(State, ConfState), String> {
+    let snap: SnapshotIn = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    if snap.format != SNAPSHOT_FORMAT {
+        return Err(format!(
+            "format {} (expected format {SNAPSHOT_FORMAT})",
+            snap.format
+        ));
+    }
+    let state = State {
+        v2: V2Store::restore(snap.v2).map_err(|e| e.to_string())?,
+        v3: V3State {
+            mvcc: snap.v3,
+            ..V3State::default()
+        },
+        members: snap.members,
+        applied_index: snap.applied_index,
+        term: 0,
+    };
+    let conf = ConfState {
+        voters: snap.voters,
+        learners: snap.learners,
+        ..Default::default()
+    };
+    Ok((state, conf))
 }
 
 impl Engine {
-    /// Recover the state from `data_dir` and start the writer thread.
-    pub fn open(opts: EngineOptions) -> Result<(Engine, Recovery), EngineError> {
-        let member = opts.data_dir.join("member");
-        let snap_dir = member.join("snap");
-        let wal_dir = opts.wal_dir.clone().unwrap_or_else(|| member.join("wal"));
-        let mut state = State {
-            term: SINGLE_NODE_TERM,
-            ..State::default()
-        };
-        let mut recovery = Recovery::default();
-        if let Some((meta, data)) = wal::load_latest_snapshot(&snap_dir)? {
-            let bad = |reason: String| EngineError::DecodeSnapshot {
-                index: meta.index,
-                dir: snap_dir.clone(),
-                reason,
-            };
-            let snap: SnapshotIn = postcard::from_bytes(&data).map_err(|e| bad(e.to_string()))?;
-            if snap.format != SNAPSHOT_FORMAT || snap.applied_index != meta.index {
-                return Err(bad(format!(
-                    "format {} at index {} (expected format {SNAPSHOT_FORMAT})",
-                    snap.format, snap.applied_index
-                )));
-            }
-            state.v2 = V2Store::restore(snap.v2).map_err(|e| bad(e.to_string()))?;
-            state.v3.mvcc = snap.v3;
-            state.applied_index = meta.index;
-            state.term = meta.term;
-            recovery.snapshot_index = meta.index;
-        }
-        let (wal, entries) = Wal::open(&wal_dir, state.applied_index, opts.wal.clone())?;
-        for entry in &entries {
-            let cmd: Command =
-                postcard::from_bytes(&entry.data).map_err(|source| EngineError::DecodeEntry {
-                    index: entry.index,
-                    dir: wal_dir.clone(),
-                    source,
-                })?;
-            command::apply(
-                &mut state.v2,
-                &mut state.v3,
-                &cmd,
-                std::time::Instant::now(),
-            );
-            state.applied_index = entry.index;
-            state.term = entry.term;
-        }
-        recovery.replayed_entries = entries.len();
-        state.v3.resume_leases(std::time::Instant::now());
-
-        let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            state: RwLock::new(state),
-            proposals: Mutex::new(Some(tx)),
-            failed: OnceLock::new(),
-            writer: Mutex::new(None),
-            data_dir: opts.data_dir.clone(),
-        });
-        let writer = Writer {
-            shared: shared.clone(),
-            wal,
-            snap_dir,
-            snapshot_count: opts.snapshot_count.max(1),
-            since_snapshot: entries.len() as u64,
-            snapshot_done: None,
-        };
-        let handle = std::thread::Builder::new()
-            .name("keel-wal-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(EngineError::Thread)?;
-        *lock(&shared.writer) = Some(handle);
-        Ok((Engine { shared }, recovery))
+    /// Recover the state from `data_dir` (or bootstrap it), replay what the log says
+    /// is committed, and start the Raft thread. Messages for other members come out of
+    /// the returned [`Outbox`].
+    pub fn open(opts: EngineOptions) -> Result<(Engine, Recovery, Outbox), EngineError> {
+        node::open(opts)
     }
 
-    /// Append `cmd` to the log, wait until it is durable and applied, return its result.
+    fn send(&self, input: Input) -> Result<(), EngineError> {
+        let guard = lock(&self.shared.inbox);
+        let tx = guard.as_ref().ok_or(EngineError::Stopped)?;
+        tx.send(input).map_err(|_| EngineError::Stopped)
+    }
+
+    async fn wait<T>(
+        &self,
+        rx: oneshot::Receiver<Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        match tokio::time::timeout(self.shared.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(EngineError::Stopped),
+            Err(_) => Err(EngineError::Timeout),
+        }
+    }
+
+    /// Replicate `cmd`, wait until it is committed and applied here, return its result.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, EngineError> {
         if let Some(reason) = self.shared.failed.get() {
             return Err(EngineError::Failed(reason.clone()));
         }
         let (reply, rx) = oneshot::channel();
+        self.send(Input::Propose { cmd, reply })?;
+        self.wait(rx).await
+    }
+
+    /// Change the membership through a Raft configuration change.
+    pub async fn change_members(&self, change: MemberChange) -> Result<Applied, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::ChangeMembers { change, reply })?;
+        self.wait(rx).await
+    }
+
+    /// Wait until this member has applied everything committed before the call (Raft's
+    /// ReadIndex, confirmed by a quorum): a read after this is linearizable.
+    pub async fn read_index(&self) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Read(reply))?;
+        self.wait(rx).await
+    }
+
+    /// A message from another member.
+    pub fn step(&self, msg: Message) {
+        let _ = self.send(Input::Step(Box::new(msg)));
+    }
+
+    /// The transport could not reach `id`.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.send(Input::Unreachable(id));
+    }
+
+    /// A snapshot message to `to` was delivered (or not).
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.send(Input::SnapshotSent { to, ok });
+    }
+
+    /// Ask the leader to hand leadership to `to` (etcd's `MoveLeader`).
+    pub fn transfer_leader(&self, to: u64) -> Result<(), EngineError> {
+        self.send(Input::TransferLeader(to))
+    }
+
+    /// Where this member stands in Raft.
+    pub fn status(&self) -> RaftStatus {
+        *lock(&self.shared.status)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let s = self.status();
+        s.leader != 0 && s.leader == s.id
+    }
+
+    /// The cluster id (0 until a joining member has received the leader's snapshot).
+    pub fn cluster_id(&self) -> u64 {
+        self.shared.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// The current membership.
+    pub fn members(&self) -> Members {
+        self.read().members.clone()
+    }
+
+    /// Add a member (etcd's `MemberAdd`); its id mixes in the time, as etcd's does.
+    pub async fn add_member(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<crate::cluster::Member, MemberError> {
+        if peer_urls
+            .iter()
+            .any(|u| self.read().members.by_peer_url(u).is_some())
         {
-            let guard = lock(&self.shared.proposals);
-            let tx = guard.as_ref().ok_or(EngineError::Stopped)?;
-            tx.send(Proposal { cmd, reply })
-                .map_err(|_| EngineError::Stopped)?;
+            return Err(MemberError::PeerUrlExists);
         }
-        rx.await.map_err(|_| EngineError::Stopped)?
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let member = crate::cluster::Member {
+            id: crate::cluster::member_id(&peer_urls, &now.to_string()),
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner,
+        };
+        self.change_members(MemberChange::Add(member.clone()))
+            .await?;
+        Ok(member)
+    }
+
+    /// Remove a member (etcd's `MemberRemove`).
+    pub async fn remove_member(&self, id: u64) -> Result<(), MemberError> {
+        self.known(id)?;
+        self.change_members(MemberChange::Remove(id)).await?;
+        Ok(())
+    }
+
+    /// Make a learner a voting member (etcd's `MemberPromote`).
+    pub async fn promote_member(&self, id: u64) -> Result<(), MemberError> {
+        if !self.known(id)?.is_learner {
+            return Err(MemberError::NotLearner);
+        }
+        self.change_members(MemberChange::Promote(id)).await?;
+        Ok(())
+    }
+
+    /// New peer URLs for a member (etcd's `MemberUpdate`).
+    pub async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<(), MemberError> {
+        self.known(id)?;
+        if peer_urls.iter().any(|u| {
+            self.read()
+                .members
+                .by_peer_url(u)
+                .is_some_and(|m| m.id != id)
+        }) {
+            return Err(MemberError::PeerUrlExists);
+        }
+        self.propose(Command::UpdateMember { id, peer_urls })
+            .await?;
+        Ok(())
+    }
+
+    fn known(&self, id: u64) -> Result<crate::cluster::Member, MemberError> {
+        self.read()
+            .members
+            .get(id)
+            .cloned()
+            .ok_or(MemberError::NotFound(id))
     }
 
     /// Read access to the state machine.
@@ -267,16 +545,13 @@ impl Engine {
     /// `keel-store snapshot restore` turns into a new data dir.
     pub fn backup(&self) -> Result<Vec<u8>, EngineError> {
         let state = self.read();
-        let out = SnapshotOut {
-            format: SNAPSHOT_FORMAT,
-            applied_index: state.applied_index,
-            v2: state.v2.snapshot(),
-            v3: &state.v3.mvcc,
-        };
-        let body = postcard::to_allocvec(&out).map_err(|e| EngineError::DecodeSnapshot {
-            index: state.applied_index,
-            dir: self.shared.data_dir.clone(),
-            reason: e.to_string(),
+        // No configuration: a restored store takes its membership from its own flags.
+        let body = encode_state(&state, &ConfState::default()).map_err(|e| {
+            EngineError::DecodeSnapshot {
+                index: state.applied_index,
+                dir: self.shared.data_dir.clone(),
+                reason: e.to_string(),
+            }
         })?;
         let mut out = backup_frame(state.applied_index, state.term, &body);
         // etcdctl accepts a snapshot only if it is a whole number of 512-byte sectors
@@ -297,10 +572,10 @@ impl Engine {
         &self.shared.data_dir
     }
 
-    /// Stop accepting proposals, let the writer finish what is queued, and wait for it.
+    /// Stop accepting proposals, let the Raft thread finish what is queued, and wait.
     pub fn shutdown(&self) {
-        lock(&self.shared.proposals).take();
-        if let Some(handle) = lock(&self.shared.writer).take() {
+        lock(&self.shared.inbox).take();
+        if let Some(handle) = lock(&self.shared.thread).take() {
             let _ = handle.join();
         }
     }
@@ -371,8 +646,8 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<SnapshotMeta, RestoreEr
     if crc32fast::hash(body) != crc {
         return Err(bad("checksum mismatch"));
     }
-    if postcard::from_bytes::<SnapshotIn>(body).is_err() {
-        return Err(bad("undecodable state"));
+    if let Err(e) = decode_state(body) {
+        return Err(bad(&format!("undecodable state: {e}")));
     }
     let member = data_dir.join("member");
     if member.exists() {
@@ -387,158 +662,4 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<SnapshotMeta, RestoreEr
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-struct Writer {
-    shared: Arc<Shared>,
-    wal: Wal,
-    snap_dir: PathBuf,
-    snapshot_count: u64,
-    since_snapshot: u64,
-    /// A snapshot being written: its index and the channel that says it is durable.
-    snapshot_done: Option<(u64, mpsc::Receiver<Result<(), WalError>>)>,
-}
-
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Proposal>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_ENTRIES {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = self.commit(batch) {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "WAL write failed; refusing further writes");
-                let _ = self.shared.failed.set(reason.clone());
-                // Answer everything still queued, then stop.
-                while let Ok(p) = rx.try_recv() {
-                    let _ = p.reply.send(Err(EngineError::Failed(reason.clone())));
-                }
-                return;
-            }
-            self.poll_snapshot(false);
-        }
-        self.poll_snapshot(true);
-    }
-
-    fn commit(&mut self, batch: Vec<Proposal>) -> Result<(), EngineError> {
-        let first_index = self.wal.last_index() + 1;
-        let mut entries = Vec::with_capacity(batch.len());
-        for (i, p) in batch.iter().enumerate() {
-            let data =
-                postcard::to_allocvec(&p.cmd).map_err(|source| EngineError::DecodeEntry {
-                    index: first_index + i as u64,
-                    dir: self.wal.dir().to_path_buf(),
-                    source,
-                })?;
-            entries.push(Entry {
-                index: first_index + i as u64,
-                term: SINGLE_NODE_TERM,
-                data,
-            });
-        }
-        if let Err(e) = self.wal.append(&entries) {
-            let reason = e.to_string();
-            for p in batch {
-                let _ = p.reply.send(Err(EngineError::Failed(reason.clone())));
-            }
-            return Err(e.into());
-        }
-        let mut replies = Vec::with_capacity(batch.len());
-        {
-            let mut state = self
-                .shared
-                .state
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let now = std::time::Instant::now();
-            for (entry, p) in entries.iter().zip(batch) {
-                let state = &mut *state;
-                let outcome = command::apply(&mut state.v2, &mut state.v3, &p.cmd, now);
-                state.applied_index = entry.index;
-                state.term = entry.term;
-                replies.push((
-                    p.reply,
-                    Applied {
-                        index: entry.index,
-                        term: entry.term,
-                        outcome,
-                    },
-                ));
-            }
-        }
-        for (reply, applied) in replies {
-            let _ = reply.send(Ok(applied));
-        }
-        self.since_snapshot += entries.len() as u64;
-        if self.since_snapshot >= self.snapshot_count && self.snapshot_done.is_none() {
-            self.start_snapshot()?;
-        }
-        Ok(())
-    }
-
-    /// Serialize the state now and hand the bytes to a thread that makes them durable.
-    fn start_snapshot(&mut self) -> Result<(), EngineError> {
-        let (index, term, bytes) = {
-            let state = self
-                .shared
-                .state
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let out = SnapshotOut {
-                format: SNAPSHOT_FORMAT,
-                applied_index: state.applied_index,
-                v2: state.v2.snapshot(),
-                v3: &state.v3.mvcc,
-            };
-            let bytes = postcard::to_allocvec(&out).map_err(|e| EngineError::DecodeSnapshot {
-                index: state.applied_index,
-                dir: self.snap_dir.clone(),
-                reason: e.to_string(),
-            })?;
-            (state.applied_index, state.term, bytes)
-        };
-        // Entries after this point go to a new segment, so older segments end at `index`.
-        self.wal.roll()?;
-        self.since_snapshot = 0;
-        let dir = self.snap_dir.clone();
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("keel-snapshot".into())
-            .spawn(move || {
-                let result =
-                    wal::save_snapshot(&dir, &SnapshotMeta { index, term }, &bytes, SNAPSHOTS_KEPT)
-                        .map(|_| ());
-                let _ = tx.send(result);
-            })
-            .map_err(EngineError::Thread)?;
-        self.snapshot_done = Some((index, rx));
-        Ok(())
-    }
-
-    /// Once a snapshot is durable, drop the WAL segments it covers.
-    fn poll_snapshot(&mut self, wait: bool) {
-        let Some((index, rx)) = &self.snapshot_done else {
-            return;
-        };
-        let result = if wait {
-            rx.recv().ok()
-        } else {
-            rx.try_recv().ok()
-        };
-        let index = *index;
-        match result {
-            None if !wait => return,
-            None => tracing::warn!(index, "snapshot thread ended without a result"),
-            Some(Ok(())) => match self.wal.compact(index) {
-                Ok(removed) => tracing::info!(index, removed, "snapshot saved, WAL compacted"),
-                Err(e) => tracing::warn!(index, error = %e, "cannot remove old WAL segments"),
-            },
-            Some(Err(e)) => tracing::warn!(index, error = %e, "snapshot failed; WAL kept"),
-        }
-        self.snapshot_done = None;
-    }
 }

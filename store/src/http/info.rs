@@ -3,6 +3,7 @@
 
 use super::{AppState, text_error};
 use crate::cluster::Member;
+use crate::engine::MemberError;
 use crate::json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -89,10 +90,14 @@ async fn health(State(app): State<AppState>, method: Method) -> Response<Body> {
     if method != Method::GET {
         return method_not_allowed("GET");
     }
-    // Healthy when the log still takes writes; a failed WAL makes the member unhealthy.
-    match app.engine.failure() {
-        None => health_response(StatusCode::OK, "true"),
-        Some(_) => health_response(StatusCode::SERVICE_UNAVAILABLE, "false"),
+    // As etcd: unhealthy on a failed WAL, without a leader, or when a linearizable
+    // read cannot complete within a second.
+    if app.engine.failure().is_some() || app.engine.status().leader == 0 {
+        return health_response(StatusCode::SERVICE_UNAVAILABLE, "false");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(1), app.engine.read_index()).await {
+        Ok(Ok(())) => health_response(StatusCode::OK, "true"),
+        _ => health_response(StatusCode::SERVICE_UNAVAILABLE, "false"),
     }
 }
 
@@ -179,49 +184,78 @@ async fn members(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let cid = app.cluster.id;
+    let cid = app.engine.cluster_id();
     match method {
         Method::GET => {
+            let members = app.engine.members();
             let mc = MemberCollection {
-                members: app.cluster.members.iter().map(MemberJson::from).collect(),
+                members: members.list().map(MemberJson::from).collect(),
             };
             json_ok(StatusCode::OK, &mc, true, Some(cid))
         }
         Method::POST => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let media = ct.split(';').next().unwrap_or("").trim();
-            if !media.eq_ignore_ascii_case("application/json") {
-                return member_error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    &format!("Bad Content-Type {ct}, accept application/json"),
-                    cid,
-                );
-            }
-            let req: MemberCreate = match serde_json::from_slice(&body) {
+            let req: MemberCreate = match member_body(&headers, &body) {
                 Ok(r) => r,
-                Err(e) => return member_error(StatusCode::BAD_REQUEST, &e.to_string(), cid),
+                Err(resp) => return resp(cid),
             };
-            if let Some(msg) = req.peer_urls.iter().find_map(|u| check_peer_url(u).err()) {
-                return member_error(StatusCode::BAD_REQUEST, &msg, cid);
+            match app.engine.add_member(req.peer_urls, false).await {
+                Ok(m) => json_ok(StatusCode::CREATED, &MemberJson::from(&m), true, Some(cid)),
+                Err(e) => member_change_error(&e, cid),
             }
-            if req
-                .peer_urls
-                .iter()
-                .any(|u| app.cluster.members.iter().any(|m| m.peer_urls.contains(u)))
-            {
-                return member_error(StatusCode::CONFLICT, "membership: peerURL exists", cid);
-            }
-            member_error(
-                StatusCode::NOT_IMPLEMENTED,
-                "keel-store: adding members arrives with clustering; this store runs a single member",
-                cid,
-            )
         }
         Method::DELETE | Method::PUT => member_error(StatusCode::NOT_FOUND, "Not found", cid),
         _ => method_not_allowed("GET, POST, DELETE, PUT"),
+    }
+}
+
+type ErrorResponse = Box<dyn FnOnce(u64) -> Response<Body> + Send>;
+
+/// The JSON body of a member POST or PUT, checked as etcd checks it.
+fn member_body(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<MemberCreate, ErrorResponse> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(Box::new(move |cid| {
+            member_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("Bad Content-Type {ct}, accept application/json"),
+                cid,
+            )
+        }));
+    }
+    let req: MemberCreate = serde_json::from_slice(body).map_err(|e| -> ErrorResponse {
+        let msg = e.to_string();
+        Box::new(move |cid| member_error(StatusCode::BAD_REQUEST, &msg, cid))
+    })?;
+    if let Some(msg) = req.peer_urls.iter().find_map(|u| check_peer_url(u).err()) {
+        return Err(Box::new(move |cid| {
+            member_error(StatusCode::BAD_REQUEST, &msg, cid)
+        }));
+    }
+    Ok(req)
+}
+
+/// etcd's statuses for refused membership changes.
+fn member_change_error(e: &MemberError, cid: u64) -> Response<Body> {
+    match e {
+        MemberError::PeerUrlExists => {
+            member_error(StatusCode::CONFLICT, "membership: peerURL exists", cid)
+        }
+        MemberError::NotFound(id) => member_error(
+            StatusCode::NOT_FOUND,
+            &format!("No such member: {id:x}"),
+            cid,
+        ),
+        MemberError::NotLearner | MemberError::Engine(_) => {
+            member_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), cid)
+        }
     }
 }
 
@@ -229,28 +263,42 @@ async fn member(
     State(app): State<AppState>,
     method: Method,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
 ) -> Response<Body> {
-    let cid = app.cluster.id;
+    let cid = app.engine.cluster_id();
     match (method, id.as_str()) {
-        (Method::GET, "leader") => json_ok(
-            StatusCode::OK,
-            &MemberJson::from(&app.cluster.local),
-            true,
-            Some(cid),
-        ),
-        (Method::GET, _) => member_error(StatusCode::NOT_FOUND, "Not found", cid),
-        (Method::DELETE | Method::PUT, _) => {
-            let known = u64::from_str_radix(&id, 16)
-                .ok()
-                .is_some_and(|n| app.cluster.members.iter().any(|m| m.id == n));
-            if known {
-                member_error(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "keel-store: changing members arrives with clustering; this store runs a single member",
+        (Method::GET, "leader") => {
+            let leader = app.engine.status().leader;
+            match app.engine.members().get(leader) {
+                Some(m) => json_ok(StatusCode::OK, &MemberJson::from(m), true, Some(cid)),
+                None => member_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "During leader election",
                     cid,
-                )
+                ),
+            }
+        }
+        (Method::GET, _) => member_error(StatusCode::NOT_FOUND, "Not found", cid),
+        (method @ (Method::DELETE | Method::PUT), _) => {
+            let Ok(n) = u64::from_str_radix(&id, 16) else {
+                return member_error(StatusCode::NOT_FOUND, &format!("No such member: {id}"), cid);
+            };
+            let result = if method == Method::DELETE {
+                app.engine.remove_member(n).await
             } else {
-                member_error(StatusCode::NOT_FOUND, &format!("No such member: {id}"), cid)
+                match member_body(&headers, &body) {
+                    Ok(req) => app.engine.update_member(n, req.peer_urls).await,
+                    Err(resp) => return resp(cid),
+                }
+            };
+            match result {
+                Ok(()) => Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .header("x-etcd-cluster-id", format!("{cid:x}"))
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+                Err(e) => member_change_error(&e, cid),
             }
         }
         (Method::POST, _) => member_error(StatusCode::NOT_FOUND, "Not found", cid),
@@ -262,10 +310,9 @@ async fn machines(State(app): State<AppState>, method: Method) -> Response<Body>
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET, HEAD");
     }
-    let urls: Vec<&str> = app
-        .cluster
-        .members
-        .iter()
+    let members = app.engine.members();
+    let urls: Vec<&str> = members
+        .list()
         .flat_map(|m| m.client_urls.iter().map(String::as_str))
         .collect();
     Response::builder()
@@ -308,13 +355,18 @@ async fn stats_self(State(app): State<AppState>, method: Method) -> Response<Bod
     }
     let c = &app.cluster;
     let id = format!("{:x}", c.local.id);
+    let status = app.engine.status();
     let s = SelfStats {
         name: c.local.name.clone(),
         id: id.clone(),
-        state: "StateLeader",
+        state: if app.engine.is_leader() {
+            "StateLeader"
+        } else {
+            "StateFollower"
+        },
         start_time: rfc3339(c.start_time),
         leader_info: LeaderInfo {
-            leader: id,
+            leader: format!("{:x}", status.leader),
             uptime: json::go_duration(c.start_time.elapsed().unwrap_or_default()),
             start_time: rfc3339(c.start_time),
         },
@@ -384,7 +436,7 @@ async fn stats_leader(State(app): State<AppState>, method: Method) -> Response<B
         return method_not_allowed("GET");
     }
     let s = LeaderStats {
-        leader: format!("{:x}", app.cluster.local.id),
+        leader: format!("{:x}", app.engine.status().leader),
         followers: serde_json::Map::new(),
     };
     json_ok(StatusCode::OK, &s, false, None)

@@ -4,7 +4,7 @@
 use super::form::Form;
 use super::{AppState, text_error};
 use crate::engine::command::{Command, Outcome, V2Method, V2Write};
-use crate::engine::{Applied, Engine};
+use crate::engine::{Applied, Engine, EngineError};
 use crate::json;
 use crate::v2::error::code;
 use crate::v2::{Action, Event, V2Error, Watcher};
@@ -74,7 +74,7 @@ async fn keys(
         );
         return resp;
     }
-    let cluster_id = format!("{:x}", app.cluster.id);
+    let cluster_id = format!("{:x}", app.engine.cluster_id());
     let mut resp = match handle(&app, &method, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -120,6 +120,13 @@ async fn handle(
             watch(app, &req)
         }
         Method::GET | Method::HEAD => {
+            if req.quorum {
+                // etcd's QGET: a read that is linearizable through Raft.
+                app.engine
+                    .read_index()
+                    .await
+                    .map_err(|e| engine_error(&e))?;
+            }
             let state = app.engine.read();
             // Listings always come out in key order: one valid order for `sorted=false`.
             let event = state.v2.get(&req.path, req.recursive, now_nanos())?;
@@ -164,7 +171,7 @@ async fn handle(
                         req.no_value_on_success,
                     ))
                 }
-                Outcome::Synced { .. } | Outcome::V3(_) => {
+                Outcome::Synced { .. } | Outcome::V3(_) | Outcome::Done => {
                     Err(V2Error::new(code::RAFT_INTERNAL, "unexpected outcome", 0))
                 }
             }
@@ -173,10 +180,16 @@ async fn handle(
 }
 
 async fn propose(engine: &Engine, cmd: Command) -> Result<Applied, V2Error> {
-    engine
-        .propose(cmd)
-        .await
-        .map_err(|e| V2Error::new(code::RAFT_INTERNAL, e.to_string(), 0))
+    engine.propose(cmd).await.map_err(|e| engine_error(&e))
+}
+
+/// etcd's v2 answer when Raft cannot serve: 300 Raft Internal Error (HTTP 500), or 301
+/// during a leader election.
+fn engine_error(e: &EngineError) -> V2Error {
+    match e {
+        EngineError::NoLeader => V2Error::new(code::LEADER_ELECT, e.to_string(), 0),
+        _ => V2Error::new(code::RAFT_INTERNAL, e.to_string(), 0),
+    }
 }
 
 fn parse_key_request(

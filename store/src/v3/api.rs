@@ -76,7 +76,7 @@ impl V3Api {
     /// A response header at `revision` in raft `term`.
     pub fn header_at(&self, revision: i64, term: u64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
-            cluster_id: self.cluster.id,
+            cluster_id: self.engine.cluster_id(),
             member_id: self.cluster.local.id,
             revision,
             raft_term: term,
@@ -99,7 +99,7 @@ impl V3Api {
                 Outcome::V3(r) => *r,
                 _ => Err(V3Error::Unsupported("unexpected outcome")),
             },
-            Err(_) => Err(V3Error::Timeout),
+            Err(e) => Err(engine_error(e)),
         }
     }
 
@@ -111,9 +111,12 @@ impl V3Api {
         Ok(b)
     }
 
-    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, V3Error> {
+    pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, V3Error> {
         if r.key.is_empty() {
             return Err(V3Error::EmptyKey);
+        }
+        if !r.serializable {
+            self.engine.read_index().await.map_err(engine_error)?;
         }
         let mut resp = self.engine.read().v3.mvcc.range(r)?;
         self.fill(&mut resp.header);
@@ -153,7 +156,14 @@ impl V3Api {
         check_txn(r, self.opts.max_txn_ops)?;
         mvcc::check_txn_duplicates(r)?;
         if is_flat_read_only(&r.success) && is_flat_read_only(&r.failure) {
-            // Nothing to write: answer from the current state, as etcd does.
+            // Nothing to write: answer from the current state, as etcd does, after a
+            // ReadIndex unless every range asks for a serializable read.
+            let linearizable = r.success.iter().chain(&r.failure).any(|op| {
+                matches!(&op.request, Some(request_op::Request::RequestRange(rr)) if !rr.serializable)
+            }) || (r.success.is_empty() && r.failure.is_empty());
+            if linearizable {
+                self.engine.read_index().await.map_err(engine_error)?;
+            }
             let state = self.engine.read();
             let m = &state.v3.mvcc;
             let succeeded = r.compare.iter().all(|c| m.compare(c));
@@ -228,7 +238,14 @@ impl V3Api {
     }
 
     /// Renew a lease; its TTL, or 0 if it does not exist (etcd answers so, not an error).
-    pub fn lease_keep_alive(&self, id: i64) -> (Option<ResponseHeader>, i64) {
+    pub async fn lease_keep_alive(
+        &self,
+        id: i64,
+    ) -> Result<(Option<ResponseHeader>, i64), V3Error> {
+        if !self.engine.is_leader() {
+            // The leader expires leases; a follower's renewal reaches it through the log.
+            self.propose(V3Write::LeaseRenew { id }).await?;
+        }
         let mut state = self.engine.write();
         let ttl = match state.v3.mvcc.lease(id) {
             Some(l) => l.ttl,
@@ -242,7 +259,7 @@ impl V3Api {
         }
         let rev = state.v3.mvcc.revision();
         drop(state);
-        (self.header(rev), ttl)
+        Ok((self.header(rev), ttl))
     }
 
     pub fn lease_time_to_live(&self, r: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
@@ -295,17 +312,7 @@ impl V3Api {
     }
 
     pub fn members(&self) -> Vec<Member> {
-        self.cluster
-            .members
-            .iter()
-            .map(|m| Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: false,
-            })
-            .collect()
+        self.engine.members().list().map(member_pb).collect()
     }
 
     pub fn member_list(&self) -> MemberListResponse {
@@ -329,19 +336,20 @@ impl V3Api {
             .alarms()
             .map(|(m, a)| format!("memberID:{m} alarm:{}", alarm_name(*a)))
             .collect();
-        let (rev, index, term) = (state.v3.mvcc.revision(), state.applied_index, state.term);
+        let rev = state.v3.mvcc.revision();
         drop(state);
+        let raft = self.engine.status();
         StatusResponse {
             header: self.header(rev),
             version: STATUS_VERSION.to_string(),
             db_size: db,
-            leader: self.cluster.local.id,
-            raft_index: index,
-            raft_term: term,
-            raft_applied_index: index,
+            leader: raft.leader,
+            raft_index: raft.commit,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied,
             errors,
             db_size_in_use: db,
-            is_learner: false,
+            is_learner: raft.is_learner,
         }
     }
 
@@ -475,4 +483,28 @@ pub fn watch_range(key: &bytes::Bytes, range_end: &bytes::Bytes) -> KeyRange {
         key.clone()
     };
     KeyRange::new(&key, range_end)
+}
+
+/// A member as the v3 API lists it.
+pub fn member_pb(m: &crate::cluster::Member) -> Member {
+    Member {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+/// etcd's v3 error for an engine that cannot serve.
+pub fn engine_error(e: crate::engine::EngineError) -> V3Error {
+    use crate::engine::EngineError;
+    match e {
+        EngineError::NoLeader => V3Error::NoLeader,
+        EngineError::Removed => {
+            V3Error::Unsupported("the member has been permanently removed from the cluster")
+        }
+        EngineError::LearnerNotReady => V3Error::LearnerNotReady,
+        _ => V3Error::Timeout,
+    }
 }

@@ -38,6 +38,14 @@ pub enum V3Error {
     BadLeaderTransferee,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
     #[error("etcdserver: {0}")]
     Unsupported(&'static str),
 }
@@ -57,7 +65,8 @@ impl V3Error {
             V3Error::LeaseExist | V3Error::PeerUrlExists | V3Error::BadLeaderTransferee => {
                 Code::FailedPrecondition
             }
-            V3Error::Timeout => Code::Unavailable,
+            V3Error::Timeout | V3Error::NoLeader | V3Error::NotLeader => Code::Unavailable,
+            V3Error::LearnerNotReady | V3Error::NotLearner => Code::FailedPrecondition,
             V3Error::Unsupported(_) => Code::Unimplemented,
         }
     }

@@ -109,7 +109,7 @@ async fn gateway(
 
 async fn dispatch(api: &V3Api, rpc: &str, body: &Bytes) -> Result<Response<Body>, Status> {
     Ok(match rpc {
-        "kv/range" => reply(api.range(&parse::<pb::RangeRequest>(body)?)),
+        "kv/range" => reply(api.range(&parse::<pb::RangeRequest>(body)?).await),
         "kv/put" => reply(api.put(&parse::<pb::PutRequest>(body)?).await),
         "kv/deleterange" => reply(
             api.delete_range(&parse::<pb::DeleteRangeRequest>(body)?)
@@ -129,7 +129,7 @@ async fn dispatch(api: &V3Api, rpc: &str, body: &Bytes) -> Result<Response<Body>
             json(&api.lease_time_to_live(&parse::<pb::LeaseTimeToLiveRequest>(body)?))
         }
         "lease/leases" | "kv/lease/leases" => json(&api.lease_leases()),
-        "lease/keepalive" => keep_alive(api, body)?,
+        "lease/keepalive" => keep_alive(api, body).await?,
         "watch" => watch(api, body)?,
         "cluster/member/list" => json(&api.member_list()),
         "maintenance/status" => json(&api.status()),
@@ -171,19 +171,17 @@ fn streaming(body: Body) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn keep_alive(api: &V3Api, body: &Bytes) -> Result<Response<Body>, Status> {
+async fn keep_alive(api: &V3Api, body: &Bytes) -> Result<Response<Body>, Status> {
     let reqs: Vec<pb::LeaseKeepAliveRequest> = requests(body)?;
-    let chunks: Vec<Result<Bytes, std::convert::Infallible>> = reqs
-        .iter()
-        .map(|r| {
-            let (header, ttl) = api.lease_keep_alive(r.id);
-            Ok(line(&pb::LeaseKeepAliveResponse {
-                header,
-                id: r.id,
-                ttl,
-            }))
-        })
-        .collect();
+    let mut chunks: Vec<Result<Bytes, std::convert::Infallible>> = Vec::new();
+    for r in &reqs {
+        let (header, ttl) = api.lease_keep_alive(r.id).await?;
+        chunks.push(Ok(line(&pb::LeaseKeepAliveResponse {
+            header,
+            id: r.id,
+            ttl,
+        })));
+    }
     Ok(streaming(Body::from_stream(tokio_stream::iter(chunks))))
 }
 

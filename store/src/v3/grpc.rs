@@ -40,7 +40,7 @@ pub fn router(api: V3Api) -> axum::Router {
 #[tonic::async_trait]
 impl kv_server::Kv for V3Api {
     async fn range(&self, r: Request<pb::RangeRequest>) -> GrpcResult<pb::RangeResponse> {
-        ok(V3Api::range(self, r.get_ref()))
+        ok(V3Api::range(self, r.get_ref()).await)
     }
     async fn put(&self, r: Request<pb::PutRequest>) -> GrpcResult<pb::PutResponse> {
         ok(V3Api::put(self, r.get_ref()).await)
@@ -82,14 +82,17 @@ impl lease_server::Lease for V3Api {
         r: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> GrpcResult<Self::LeaseKeepAliveStream> {
         let api = self.clone();
-        let out = r.into_inner().map(move |req| {
-            let req = req?;
-            let (header, ttl) = api.lease_keep_alive(req.id);
-            Ok(pb::LeaseKeepAliveResponse {
-                header,
-                id: req.id,
-                ttl,
-            })
+        let out = futures_util::StreamExt::then(r.into_inner(), move |req| {
+            let api = api.clone();
+            async move {
+                let req = req?;
+                let (header, ttl) = api.lease_keep_alive(req.id).await?;
+                Ok(pb::LeaseKeepAliveResponse {
+                    header,
+                    id: req.id,
+                    ttl,
+                })
+            }
         });
         Ok(Response::new(Box::pin(out)))
     }
@@ -107,60 +110,97 @@ impl lease_server::Lease for V3Api {
     }
 }
 
-const MEMBERSHIP: V3Error =
-    V3Error::Unsupported("runtime membership changes arrive with clustering");
-
 #[tonic::async_trait]
 impl cluster_server::Cluster for V3Api {
     async fn member_add(
         &self,
         r: Request<pb::MemberAddRequest>,
     ) -> GrpcResult<pb::MemberAddResponse> {
-        let exists = r
-            .get_ref()
-            .peer_ur_ls
-            .iter()
-            .any(|u| self.cluster.members.iter().any(|m| m.peer_urls.contains(u)));
-        Err(if exists {
-            V3Error::PeerUrlExists
-        } else {
-            MEMBERSHIP
-        }
-        .into())
+        let r = r.into_inner();
+        let m = self
+            .engine
+            .add_member(r.peer_ur_ls, r.is_learner)
+            .await
+            .map_err(member_error)?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: self.member_header(),
+            member: Some(super::api::member_pb(&m)),
+            members: self.members(),
+        }))
     }
     async fn member_remove(
         &self,
         r: Request<pb::MemberRemoveRequest>,
     ) -> GrpcResult<pb::MemberRemoveResponse> {
-        self.member_change(r.get_ref().id)
+        self.engine
+            .remove_member(r.get_ref().id)
+            .await
+            .map_err(member_error)?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: self.member_header(),
+            members: self.members(),
+        }))
     }
     async fn member_update(
         &self,
         r: Request<pb::MemberUpdateRequest>,
     ) -> GrpcResult<pb::MemberUpdateResponse> {
-        self.member_change(r.get_ref().id)
+        let r = r.into_inner();
+        self.engine
+            .update_member(r.id, r.peer_ur_ls)
+            .await
+            .map_err(member_error)?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: self.member_header(),
+            members: self.members(),
+        }))
     }
     async fn member_list(
         &self,
-        _r: Request<pb::MemberListRequest>,
+        r: Request<pb::MemberListRequest>,
     ) -> GrpcResult<pb::MemberListResponse> {
+        if r.get_ref().linearizable {
+            self.engine
+                .read_index()
+                .await
+                .map_err(|e| Status::from(super::api::engine_error(e)))?;
+        }
         Ok(Response::new(V3Api::member_list(self)))
     }
     async fn member_promote(
         &self,
         r: Request<pb::MemberPromoteRequest>,
     ) -> GrpcResult<pb::MemberPromoteResponse> {
-        self.member_change(r.get_ref().id)
+        self.engine
+            .promote_member(r.get_ref().id)
+            .await
+            .map_err(member_error)?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: self.member_header(),
+            members: self.members(),
+        }))
+    }
+}
+
+/// etcd's gRPC errors for refused membership changes.
+fn member_error(e: crate::engine::MemberError) -> Status {
+    use crate::engine::MemberError;
+    match e {
+        MemberError::PeerUrlExists => V3Error::PeerUrlExists.into(),
+        MemberError::NotFound(_) => V3Error::MemberNotFound.into(),
+        MemberError::NotLearner => V3Error::NotLearner.into(),
+        MemberError::Engine(e) => super::api::engine_error(e).into(),
     }
 }
 
 impl V3Api {
-    fn member_change<T>(&self, id: u64) -> GrpcResult<T> {
-        if self.cluster.members.iter().any(|m| m.id == id) {
-            Err(MEMBERSHIP.into())
-        } else {
-            Err(V3Error::MemberNotFound.into())
+    /// Membership responses carry no revision, as etcd's.
+    fn member_header(&self) -> Option<pb::ResponseHeader> {
+        let mut h = self.header(0);
+        if let Some(h) = &mut h {
+            h.revision = 0;
         }
+        h
     }
 }
 
@@ -213,13 +253,35 @@ impl maintenance_server::Maintenance for V3Api {
         &self,
         r: Request<pb::MoveLeaderRequest>,
     ) -> GrpcResult<pb::MoveLeaderResponse> {
-        if r.get_ref().target_id == self.cluster.local.id {
-            let rev = self.engine.read().v3.mvcc.revision();
+        let target = r.get_ref().target_id;
+        let status = self.engine.status();
+        let rev = self.engine.read().v3.mvcc.revision();
+        if target == status.leader && status.leader == status.id {
             return Ok(Response::new(pb::MoveLeaderResponse {
                 header: self.header(rev),
             }));
         }
-        Err(V3Error::BadLeaderTransferee.into())
+        if status.leader != status.id {
+            return Err(V3Error::NotLeader.into());
+        }
+        match self.engine.members().get(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(V3Error::BadLeaderTransferee.into()),
+        }
+        self.engine
+            .transfer_leader(target)
+            .map_err(|e| Status::from(super::api::engine_error(e)))?;
+        // etcd waits until the transferee leads, within the request timeout.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.engine.status().leader != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(V3Error::Timeout.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.header(rev),
+        }))
     }
 }
 

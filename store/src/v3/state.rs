@@ -28,6 +28,10 @@ pub enum V3Write {
     },
     /// Remaining TTLs (ms) of live leases, so a restart resumes them.
     LeaseCheckpoint(Vec<(i64, i64)>),
+    /// A keep-alive received by a follower, passed to whoever leads through the log.
+    LeaseRenew {
+        id: i64,
+    },
     Alarm {
         member: u64,
         alarm: i32,
@@ -89,6 +93,14 @@ impl V3State {
                 let c = self.mvcc.lease_revoke(*id)?;
                 self.deadlines.remove(id);
                 (V3Applied::Done, Some(c))
+            }
+            V3Write::LeaseRenew { id } => {
+                if let Some(l) = self.mvcc.lease(*id) {
+                    let ttl = l.ttl;
+                    self.deadlines
+                        .insert(*id, now + Duration::from_secs(ttl as u64));
+                }
+                (V3Applied::Done, None)
             }
             V3Write::LeaseCheckpoint(remaining) => {
                 self.mvcc.lease_checkpoint(remaining);
