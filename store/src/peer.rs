@@ -137,14 +137,17 @@ async fn receive(mut stream: TcpStream, addr: SocketAddr, engine: Engine) -> Res
     }
 }
 
-/// Deliver the engine's outgoing messages until the outbox closes.
-pub async fn send_all(engine: Engine, mut outbox: crate::engine::Outbox) {
+/// Deliver the engine's outgoing messages until the outbox closes. Peer URLs come
+/// from the replicated membership, or from `known` (what a joining member learned from
+/// the running members) while it has none yet.
+pub async fn send_all(engine: Engine, mut outbox: crate::engine::Outbox, known: Members) {
+    let known = std::sync::Arc::new(known);
     let mut peers: HashMap<u64, mpsc::Sender<Message>> = HashMap::new();
     while let Some(msg) = outbox.recv().await {
         let to = msg.to;
         let tx = peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(sender(engine.clone(), to, rx));
+            tokio::spawn(sender(engine.clone(), to, rx, known.clone()));
             tx
         });
         if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(msg) {
@@ -157,7 +160,12 @@ pub async fn send_all(engine: Engine, mut outbox: crate::engine::Outbox) {
 }
 
 /// One destination: connect (again) when needed, write what is queued.
-async fn sender(engine: Engine, to: u64, mut rx: mpsc::Receiver<Message>) {
+async fn sender(
+    engine: Engine,
+    to: u64,
+    mut rx: mpsc::Receiver<Message>,
+    known: std::sync::Arc<Members>,
+) {
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -170,7 +178,7 @@ async fn sender(engine: Engine, to: u64, mut rx: mpsc::Receiver<Message>) {
             }
         }
         if conn.is_none() {
-            conn = connect(&engine, to).await;
+            conn = connect(&engine, to, &known).await;
         }
         let delivered = match conn.as_mut() {
             Some(w) => write_batch(w, &batch).await.is_ok(),
@@ -199,8 +207,11 @@ async fn write_batch(w: &mut BufWriter<TcpStream>, batch: &[Message]) -> std::io
     w.flush().await
 }
 
-async fn connect(engine: &Engine, to: u64) -> Option<BufWriter<TcpStream>> {
-    let urls = engine.members().get(to)?.peer_urls.clone();
+async fn connect(engine: &Engine, to: u64, known: &Members) -> Option<BufWriter<TcpStream>> {
+    let urls = match engine.members().get(to) {
+        Some(m) => m.peer_urls.clone(),
+        None => known.get(to)?.peer_urls.clone(),
+    };
     for url in urls {
         let Ok(addr) = url_addr(&url) else {
             continue;

@@ -51,21 +51,27 @@ pub enum ServerError {
 /// This member's id: kept in `member/id` once known. A new cluster's members compute
 /// theirs from the flags as etcd does; a joining member finds itself in the membership
 /// of the running members by its peer URLs.
-async fn member_id(settings: &Settings) -> Result<u64, ServerError> {
+async fn member_id(settings: &Settings) -> Result<(u64, Members), ServerError> {
     let path = settings.data_dir.join("member").join("id");
     let id_err = |source| ServerError::IdFile {
         path: path.clone(),
         source,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
-            return u64::from_str_radix(s.trim(), 16)
-                .map_err(|e| id_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let saved = match std::fs::read_to_string(&path) {
+        Ok(s) => Some(
+            u64::from_str_radix(s.trim(), 16)
+                .map_err(|e| id_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(id_err(e)),
+    };
+    let has_snapshot = settings.data_dir.join("member").join("snap").is_dir();
+    if let Some(id) = saved
+        && (has_snapshot || !settings.join_existing)
+    {
+        return Ok((id, Members::default()));
     }
-    let id = if settings.join_existing {
+    let (id, known) = if settings.join_existing {
         let others: Vec<String> = settings
             .initial_cluster
             .iter()
@@ -85,18 +91,21 @@ async fn member_id(settings: &Settings) -> Result<u64, ServerError> {
                     settings.peer_urls
                 ))
             })?;
-        me.id
+        (me.id, members.clone())
     } else {
-        crate::cluster::member_id(&settings.peer_urls, &settings.cluster_token)
+        (
+            crate::cluster::member_id(&settings.peer_urls, &settings.cluster_token),
+            Members::default(),
+        )
     };
     std::fs::create_dir_all(settings.data_dir.join("member")).map_err(id_err)?;
     crate::wal::atomic_write(&path, format!("{id:x}\n").as_bytes()).map_err(id_err)?;
-    Ok(id)
+    Ok((id, known))
 }
 
 /// Open the engine for `settings`.
-pub async fn open_engine(settings: &Settings) -> Result<(Engine, Outbox), ServerError> {
-    let id = member_id(settings).await?;
+pub async fn open_engine(settings: &Settings) -> Result<(Engine, Outbox, Members), ServerError> {
+    let (id, known) = member_id(settings).await?;
     let mut opts = EngineOptions::new(&settings.data_dir);
     opts.snapshot_count = settings.snapshot_count;
     opts.wal = WalOptions::default();
@@ -126,7 +135,7 @@ pub async fn open_engine(settings: &Settings) -> Result<(Engine, Outbox), Server
         elapsed_ms = started.elapsed().as_millis() as u64,
         "store recovered"
     );
-    Ok((engine, outbox))
+    Ok((engine, outbox, known))
 }
 
 /// Serve a member until `shutdown` resolves.
@@ -134,7 +143,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (engine, outbox) = open_engine(&settings).await?;
+    let (engine, outbox, known) = open_engine(&settings).await?;
     let alone = engine.members().members.len() <= 1 && !settings.join_existing;
     let mut peer_listeners = Vec::new();
     for listen in &settings.listen_peer {
@@ -181,7 +190,11 @@ pub async fn run(
     for l in peer_listeners {
         background.push(tokio::spawn(crate::peer::serve(l, engine.clone())));
     }
-    background.push(tokio::spawn(crate::peer::send_all(engine.clone(), outbox)));
+    background.push(tokio::spawn(crate::peer::send_all(
+        engine.clone(),
+        outbox,
+        known,
+    )));
     background.push(tokio::spawn(publish(engine.clone(), cluster.local.clone())));
     let cluster = Arc::new(cluster);
     let v3 = V3Api::new(engine.clone(), cluster.clone(), settings.v3.clone());
@@ -220,7 +233,18 @@ pub async fn run(
             _ = rx.wait_for(|s| *s) => {}
         }
     }));
-    shutdown.await;
+    let removed = {
+        let engine = engine.clone();
+        async move {
+            while !engine.is_removed() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = removed => tracing::warn!("this member was removed from the cluster; stopping"),
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for t in tasks {

@@ -2,10 +2,12 @@
 //! side on free loopback ports, a raw HTTP client, response normalisation and
 //! an etcdctl runner. Used by the conformance suites in `tests/`.
 
+pub mod cluster;
 pub mod ctl;
 pub mod dbus;
 pub mod http;
 pub mod image;
+pub mod linearizability;
 pub mod norm;
 pub mod pair;
 pub mod server;

@@ -275,6 +275,8 @@ struct Shared {
     request_timeout: Duration,
     /// The cluster id, readable without the state lock (response headers).
     cluster_id: AtomicU64,
+    /// This member was removed from the cluster.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Input {
@@ -451,6 +453,11 @@ impl Engine {
     /// The cluster id (0 until a joining member has received the leader's snapshot).
     pub fn cluster_id(&self) -> u64 {
         self.shared.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// Whether this member has been removed from the cluster (it should stop).
+    pub fn is_removed(&self) -> bool {
+        self.shared.removed.load(Ordering::Relaxed)
     }
 
     /// The current membership.

@@ -117,6 +117,7 @@ pub(super) fn open(opts: EngineOptions) -> Result<(Engine, Recovery, super::Outb
         }),
         request_timeout: opts.raft.request_timeout(),
         cluster_id: AtomicU64::new(0),
+        removed: std::sync::atomic::AtomicBool::new(false),
     });
     shared.cluster_id.store(
         shared.state.read().map_or(0, |s| s.members.cluster_id),
@@ -675,6 +676,7 @@ impl Node {
                 tracing::info!(member = %format!("{id:x}"), "member removed");
                 if id == self.id {
                     self.removed = true;
+                    self.shared.removed.store(true, Ordering::Relaxed);
                 }
             }
             None => {}

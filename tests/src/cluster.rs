@@ -1,0 +1,336 @@
+//! Multi-member clusters of keel-store (or etcd, for comparisons) as separate
+//! processes on loopback ports, with the faults the cluster tests inject: SIGKILL,
+//! SIGSTOP/SIGCONT, restart from disk, members added and removed at runtime.
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::http::{self, Req};
+use crate::server::{Flavor, etcdctl_bin, free_port};
+
+/// Raft timing used by the tests (etcd's defaults are 100 ms / 1000 ms): faster
+/// failover keeps the fault rounds short.
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_MS: u64 = 500;
+
+/// One member process.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    /// `--initial-cluster` and `--initial-cluster-state` it was started with.
+    initial_cluster: String,
+    state: &'static str,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A cluster of members sharing a temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    pub flavor: Flavor,
+    root: tempfile::TempDir,
+    pub members: Vec<Member>,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Start `n` members of a new cluster and wait until each is healthy.
+    pub fn start(flavor: Flavor, n: usize, extra: &[&str]) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("keel-cluster-{}-", flavor.name()))
+            .tempdir()
+            .expect("tempdir");
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| new_member(root.path(), &format!("m{i}")))
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster.clone_from(&initial);
+        }
+        let mut c = Cluster {
+            flavor,
+            root,
+            members,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i, Duration::from_secs(60));
+        }
+        c
+    }
+
+    fn args(&self, m: &Member) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--name",
+            &m.name,
+            "--data-dir",
+            &m.data_dir.display().to_string(),
+            "--listen-client-urls",
+            &m.client_url(),
+            "--advertise-client-urls",
+            &m.client_url(),
+            "--listen-peer-urls",
+            &m.peer_url(),
+            "--initial-advertise-peer-urls",
+            &m.peer_url(),
+            "--initial-cluster",
+            &m.initial_cluster,
+            "--initial-cluster-state",
+            m.state,
+            "--initial-cluster-token",
+            "keel-test-cluster",
+            "--heartbeat-interval",
+            &HEARTBEAT_MS.to_string(),
+            "--election-timeout",
+            &ELECTION_MS.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(self.flavor.extra_args());
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// Start member `i`'s process (its data dir is kept across restarts).
+    pub fn spawn(&mut self, i: usize) {
+        let args = self.args(&self.members[i]);
+        let m = &mut self.members[i];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log_path)
+            .expect("open member log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let child = Command::new(self.flavor.binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log2))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn member");
+        m.child = Some(child);
+        m.paused = false;
+    }
+
+    /// Wait until member `i` answers `/health` with true (it has a leader and a
+    /// linearizable read went through).
+    pub fn wait_healthy(&mut self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.members[i].child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("member {i} exited: {st}\n{}", self.log_tail(i, 30));
+            }
+            if self.healthy(i) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} not healthy within {timeout:?}\n{}",
+                self.log_tail(i, 30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn healthy(&self, i: usize) -> bool {
+        http::send(
+            self.members[i].addr(),
+            &Req::get("/health"),
+            Duration::from_secs(2),
+        )
+        .is_ok_and(|r| r.status == 200 && r.text().contains("true"))
+    }
+
+    /// Send `sig` to member `i` and, unless it is SIGSTOP/SIGCONT, wait for it to exit.
+    pub fn signal(&mut self, i: usize, sig: Signal) {
+        let m = &mut self.members[i];
+        let Some(child) = m.child.as_mut() else {
+            return;
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        if m.paused && sig != Signal::SIGCONT {
+            let _ = signal::kill(pid, Signal::SIGCONT);
+        }
+        let _ = signal::kill(pid, sig);
+        match sig {
+            Signal::SIGSTOP => m.paused = true,
+            Signal::SIGCONT => m.paused = false,
+            _ => {
+                let _ = child.wait();
+                m.child = None;
+                m.paused = false;
+            }
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.signal(i, Signal::SIGKILL);
+    }
+
+    /// SIGKILL (if running) and start again from the same data dir.
+    pub fn restart(&mut self, i: usize) {
+        if self.members[i].is_running() {
+            self.kill(i);
+        }
+        self.spawn(i);
+    }
+
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.members[i].paused
+    }
+
+    /// Index of the member that says it leads, asking every running member.
+    pub fn leader(&mut self) -> Option<usize> {
+        for i in 0..self.members.len() {
+            if !self.members[i].is_running() || self.members[i].paused {
+                continue;
+            }
+            let Ok(r) = http::send(
+                self.members[i].addr(),
+                &Req::get("/v2/stats/self"),
+                Duration::from_secs(1),
+            ) else {
+                continue;
+            };
+            if r.text().contains("StateLeader") {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub fn wait_leader(&mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run etcdctl (v3 API) against member `i`; returns (success, stdout + stderr).
+    pub fn etcdctl(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let out = Command::new(etcdctl_bin())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.members[i].endpoint()))
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Add a member through member `via` (`etcdctl member add`) and start it with
+    /// `--initial-cluster-state existing`. Returns its index.
+    pub fn add_member(&mut self, via: usize, learner: bool) -> usize {
+        let name = format!("m{}", self.members.len());
+        let mut m = new_member(self.root.path(), &name);
+        let peer = m.peer_url();
+        let mut args = vec!["member", "add", &name, "--peer-urls", &peer];
+        if learner {
+            args.push("--learner");
+        }
+        let (ok, out) = self.etcdctl(via, &args);
+        assert!(ok, "member add failed: {out}");
+        let initial = out
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in: {out}"));
+        m.initial_cluster = initial;
+        m.state = "existing";
+        self.members.push(m);
+        let i = self.members.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    /// The last `n` lines of member `i`'s log.
+    pub fn log_tail(&self, i: usize, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.members[i].log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                if m.paused {
+                    let pid = Pid::from_raw(i32::try_from(c.id()).unwrap_or(0));
+                    let _ = signal::kill(pid, Signal::SIGCONT);
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn new_member(root: &std::path::Path, name: &str) -> Member {
+    let client_port = free_port();
+    let mut peer_port = free_port();
+    while peer_port == client_port {
+        peer_port = free_port();
+    }
+    Member {
+        name: name.to_string(),
+        client_port,
+        peer_port,
+        data_dir: root.join(name),
+        log_path: root.join(format!("{name}.log")),
+        initial_cluster: String::new(),
+        state: "new",
+        child: None,
+        paused: false,
+    }
+}

@@ -1,0 +1,502 @@
+//! keel-store as a Raft cluster: separate processes on loopback, faults injected by
+//! signals, clients through the v2 HTTP and v3 gRPC APIs (etcdctl), and a
+//! linearizability check of the histories recorded under faults.
+
+use keel_tests::Flavor;
+use keel_tests::cluster::{Cluster, ELECTION_MS};
+use keel_tests::http::{self, Req};
+use keel_tests::linearizability::{self, Input, Op, Output, Verdict};
+use nix::sys::signal::Signal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A v2 write through member `i`; Ok(body) on 200/201.
+fn v2_put(c: &Cluster, i: usize, key: &str, value: &str) -> Result<String, String> {
+    let r = http::send(
+        c.members[i].addr(),
+        &Req::put(&format!("/v2/keys/{key}"), &format!("value={value}")),
+        Duration::from_secs(10),
+    )
+    .map_err(|e| e.to_string())?;
+    if r.status == 200 || r.status == 201 {
+        Ok(r.text())
+    } else {
+        Err(format!("{} {}", r.status, r.text()))
+    }
+}
+
+/// Every key and value of member `i`, read locally (serializable), through etcdctl.
+fn v3_dump(c: &Cluster, i: usize) -> Vec<(String, String)> {
+    let (ok, out) = c.etcdctl(i, &["get", "", "--prefix", "--consistency=s", "-w", "json"]);
+    assert!(ok, "etcdctl get on member {i}: {out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("etcdctl json");
+    let mut kvs = Vec::new();
+    for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
+        use base64::Engine as _;
+        let d = |f: &str| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(kv[f].as_str().unwrap_or(""))
+                    .expect("base64"),
+            )
+            .expect("utf8")
+        };
+        kvs.push((d("key"), d("value")));
+    }
+    kvs
+}
+
+/// The v2 keyspace of member `i` (local read).
+fn v2_dump(c: &Cluster, i: usize) -> serde_json::Value {
+    let r = http::send(
+        c.members[i].addr(),
+        &Req::get("/v2/keys/?recursive=true&sorted=true"),
+        Duration::from_secs(10),
+    )
+    .expect("v2 dump");
+    let mut v = r.json().expect("json");
+    // Only the tree: the response's own index header differs per member.
+    v["node"].take()
+}
+
+/// Wait until every running member holds the same v2 and v3 data.
+fn assert_converged(c: &mut Cluster) {
+    let running: Vec<usize> = (0..c.members.len())
+        .filter(|&i| c.members[i].is_running())
+        .collect();
+    // A quorum read on each member first: it has applied everything committed.
+    for &i in &running {
+        let (ok, out) = c.etcdctl(i, &["get", "health-probe"]);
+        assert!(ok, "linearizable read on member {i}: {out}");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let v3: Vec<_> = running.iter().map(|&i| v3_dump(c, i)).collect();
+        let v2: Vec<_> = running.iter().map(|&i| v2_dump(c, i)).collect();
+        if v3.windows(2).all(|w| w[0] == w[1]) && v2.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {running:?} do not converge:\nv3 {v3:?}\nv2 {v2:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Retry a v3 put until acknowledged; returns how long it took.
+fn put_until_acknowledged(c: &Cluster, i: usize, key: &str, value: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (ok, out) = c.etcdctl(i, &["put", key, value]);
+        if ok {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "put {key} never acknowledged: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn three_members_replicate_fail_over_and_refuse_writes_without_a_majority() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &[]);
+    // Writes through every member, read back from every member.
+    for i in 0..3 {
+        v2_put(&c, i, &format!("v2/m{i}"), &format!("from-{i}")).expect("v2 put");
+        put_until_acknowledged(&c, i, &format!("v3/m{i}"), &format!("from-{i}"));
+    }
+    assert_converged(&mut c);
+    assert_eq!(v3_dump(&c, 0).len(), 3);
+
+    // etcdctl sees one cluster with one leader.
+    let (ok, out) = c.etcdctl(0, &["endpoint", "status", "--cluster"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(
+        out.matches(", true, false,").count(),
+        1,
+        "one leader: {out}"
+    );
+    let (ok, list) = c.etcdctl(1, &["member", "list"]);
+    assert!(ok, "{list}");
+    for m in &c.members {
+        assert!(
+            list.contains(&format!(
+                ", started, {}, {}, {}, false",
+                m.name,
+                m.peer_url(),
+                m.client_url()
+            )),
+            "{list}"
+        );
+    }
+
+    // Kill the leader: the others elect a new one and take writes again.
+    let leader = c.wait_leader(TIMEOUT);
+    c.kill(leader);
+    let other = (leader + 1) % 3;
+    let failover = put_until_acknowledged(&c, other, "after-leader-loss", "1");
+    eprintln!("leader {leader} killed; first acknowledged write after {failover:?}");
+    assert!(failover < Duration::from_secs(10), "{failover:?}");
+    let new_leader = c.wait_leader(TIMEOUT);
+    assert_ne!(new_leader, leader);
+
+    // Kill another: one member of three cannot commit anything.
+    let follower = (0..3)
+        .find(|&i| i != leader && i != new_leader)
+        .unwrap_or(other);
+    c.kill(new_leader);
+    let (ok, out) = c.etcdctl(follower, &["put", "no-quorum", "x"]);
+    assert!(!ok, "a write without a majority was acknowledged: {out}");
+    assert!(
+        out.contains("etcdserver: no leader") || out.contains("etcdserver: request timed out"),
+        "{out}"
+    );
+    let v2 = v2_put(&c, follower, "no-quorum-v2", "x").expect_err("v2 write without majority");
+    assert!(v2.contains("\"errorCode\":30"), "{v2}");
+    assert!(!c.healthy(follower));
+
+    // Both come back from disk; the cluster converges, the refused writes never appear.
+    c.restart(leader);
+    c.restart(new_leader);
+    for i in 0..3 {
+        c.wait_healthy(i, TIMEOUT);
+    }
+    put_until_acknowledged(&c, follower, "after-recovery", "2");
+    assert_converged(&mut c);
+    let keys: Vec<String> = v3_dump(&c, 0).into_iter().map(|(k, _)| k).collect();
+    assert!(keys.contains(&"after-leader-loss".to_string()), "{keys:?}");
+    assert!(!keys.contains(&"no-quorum".to_string()), "{keys:?}");
+}
+
+#[test]
+fn five_members_tolerate_two_failures() {
+    let mut c = Cluster::start(Flavor::Keel, 5, &[]);
+    let leader = c.wait_leader(TIMEOUT);
+    c.kill(leader);
+    c.kill((leader + 1) % 5);
+    let alive: Vec<usize> = (0..5).filter(|&i| c.members[i].is_running()).collect();
+    for (n, &i) in alive.iter().enumerate() {
+        put_until_acknowledged(&c, i, &format!("k{n}"), "v");
+    }
+    assert_converged(&mut c);
+    c.kill(alive[0]);
+    let (ok, out) = c.etcdctl(alive[1], &["put", "third-failure", "x"]);
+    assert!(!ok, "2 of 5 acknowledged a write: {out}");
+}
+
+#[test]
+fn every_member_restarts_from_disk_after_sigkill_with_identical_state() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &["--snapshot-count", "200"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let addrs: Vec<_> = c.members.iter().map(|m| m.addr()).collect();
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load/{n}");
+                let value = format!("v{n}");
+                let addr = addrs[(n % 3) as usize];
+                if let Ok(r) = http::send(
+                    addr,
+                    &Req::put(&format!("/v2/keys/{key}"), &format!("value={value}")),
+                    Duration::from_secs(2),
+                ) && (r.status == 200 || r.status == 201)
+                {
+                    acked.lock().expect("lock").push((key, value));
+                }
+                n += 1;
+            }
+        })
+    };
+    while acked.lock().expect("lock").len() < 600 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    for i in 0..3 {
+        c.wait_healthy(i, TIMEOUT);
+    }
+    assert_converged(&mut c);
+    let tree = v2_dump(&c, 0);
+    let stored: std::collections::HashMap<String, String> = tree["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|d| d["key"] == "/load"))
+        .and_then(|d| d["nodes"].as_array())
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n["key"]
+                            .as_str()
+                            .unwrap_or("")
+                            .trim_start_matches('/')
+                            .to_string(),
+                        n["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let acked = acked.lock().expect("lock");
+    for (k, v) in acked.iter() {
+        assert_eq!(stored.get(k), Some(v), "acknowledged write {k} lost");
+    }
+    eprintln!(
+        "{} acknowledged writes survived SIGKILL of all members",
+        acked.len()
+    );
+}
+
+#[test]
+fn members_join_as_learners_catch_up_get_promoted_and_removed_under_load() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &["--snapshot-count", "100"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = c.members[0].addr();
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = http::send(
+                    addr,
+                    &Req::put(&format!("/v2/keys/w/{}", n % 50), &format!("value={n}")),
+                    Duration::from_secs(2),
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let learner = c.add_member(1, true);
+    c.wait_healthy(learner, TIMEOUT);
+    // It publishes its name and client URLs through the log once it has caught up.
+    let deadline = Instant::now() + TIMEOUT;
+    let list = loop {
+        let (ok, list) = c.etcdctl(0, &["member", "list"]);
+        if ok && list.contains(&format!(", started, m{learner}, ")) {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "learner never started: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        list.trim_end()
+            .lines()
+            .any(|l| l.contains(&format!("m{learner}")) && l.ends_with(", true")),
+        "learner flag: {list}"
+    );
+
+    // A learner never votes: with two of the three voters gone, the remaining voter
+    // and the learner are not a majority.
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().expect("writer");
+    assert!(writes > 20, "only {writes} writes during the join");
+    assert_converged(&mut c);
+    c.kill(1);
+    c.kill(2);
+    let (ok, out) = c.etcdctl(0, &["put", "learner-vote", "x"]);
+    assert!(!ok, "a learner counted towards the quorum: {out}");
+    c.restart(1);
+    c.restart(2);
+    for i in 0..3 {
+        c.wait_healthy(i, TIMEOUT);
+    }
+
+    // Promote it; now it counts: four voters survive the loss of one.
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!(", m{learner}, ")))
+        .and_then(|l| l.split(',').next())
+        .expect("learner id")
+        .to_string();
+    let (ok, out) = c.etcdctl(0, &["member", "promote", &id]);
+    assert!(ok, "{out}");
+    let (ok, out) = c.etcdctl(learner, &["endpoint", "status"]);
+    assert!(
+        ok && out.contains(", false, false,") || out.contains(", true, false,"),
+        "{out}"
+    );
+
+    // Remove member 2: it stops, the others go on without it.
+    let (_, list) = c.etcdctl(0, &["member", "list"]);
+    let id2 = list
+        .lines()
+        .find(|l| l.contains(", m2, "))
+        .and_then(|l| l.split(',').next())
+        .expect("m2 id")
+        .to_string();
+    let (ok, out) = c.etcdctl(0, &["member", "remove", &id2]);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + TIMEOUT;
+    while c.members[2].is_running() {
+        assert!(Instant::now() < deadline, "removed member still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    put_until_acknowledged(&c, learner, "after-remove", "1");
+    let (_, list) = c.etcdctl(0, &["member", "list"]);
+    assert_eq!(list.trim().lines().count(), 3, "{list}");
+    assert!(!list.contains(", m2, "), "{list}");
+}
+
+/// One client's view of a v2 operation's fate.
+enum Fate {
+    Done(Output),
+    /// Certainly not applied (refused before reaching Raft).
+    NotApplied,
+    /// May or may not have been applied.
+    Unknown,
+}
+
+fn v2_op(addr: std::net::SocketAddr, key: &str, input: &Input) -> Fate {
+    let req = match input {
+        Input::Put(v) => Req::put(&format!("/v2/keys/{key}"), &format!("value={v}")),
+        Input::Get => Req::get(&format!("/v2/keys/{key}?quorum=true")),
+        Input::Cas { old, new } => Req::put(
+            &format!("/v2/keys/{key}?prevValue={old}"),
+            &format!("value={new}"),
+        ),
+        Input::Delete => Req::delete(&format!("/v2/keys/{key}")),
+    };
+    let r = match http::send(addr, &req, Duration::from_secs(2)) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Fate::NotApplied,
+        Err(_) => return Fate::Unknown,
+    };
+    let body = r.json().unwrap_or_default();
+    let code = body["errorCode"].as_u64();
+    match (input, r.status, code) {
+        (Input::Put(_), 200 | 201, _) => Fate::Done(Output::Ok),
+        (Input::Get, 200, _) => Fate::Done(Output::Value(
+            body["node"]["value"].as_str().map(str::to_string),
+        )),
+        (Input::Get, 404, Some(100)) => Fate::Done(Output::Value(None)),
+        (Input::Cas { .. }, 200, _) | (Input::Delete, 200, _) => Fate::Done(Output::Done(true)),
+        (Input::Cas { .. }, _, Some(100 | 101)) | (Input::Delete, _, Some(100)) => {
+            Fate::Done(Output::Done(false))
+        }
+        // No leader: the proposal was dropped before entering the log.
+        (_, _, Some(301)) => Fate::NotApplied,
+        _ => Fate::Unknown,
+    }
+}
+
+#[test]
+fn histories_under_leader_and_follower_faults_are_linearizable() {
+    const CLIENTS: usize = 4;
+    const KEYS: usize = 6;
+    const ROUNDS: usize = 50;
+    let mut c = Cluster::start(Flavor::Keel, 3, &["--snapshot-count", "500"]);
+    let addrs: Vec<_> = c.members.iter().map(|m| m.addr()).collect();
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (stop, addrs) = (stop.clone(), addrs.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut rng = fastrand::Rng::with_seed(client as u64 + 1);
+            let mut ops = Vec::new();
+            let mut seq = 0u64;
+            let mut seen: Vec<Option<String>> = vec![None; KEYS];
+            while !stop.load(Ordering::Relaxed) {
+                let k = rng.usize(..KEYS);
+                let key = format!("lin/k{k}");
+                seq += 1;
+                let input = match rng.u32(..10) {
+                    0..=2 => Input::Put(format!("c{client}-{seq}")),
+                    3..=6 => Input::Get,
+                    7..=8 => Input::Cas {
+                        old: seen[k].clone().unwrap_or_else(|| "none".into()),
+                        new: format!("c{client}-{seq}"),
+                    },
+                    _ => Input::Delete,
+                };
+                let addr = addrs[rng.usize(..addrs.len())];
+                let call = start.elapsed().as_nanos() as u64;
+                let fate = v2_op(addr, &key, &input);
+                let ret = start.elapsed().as_nanos() as u64;
+                match fate {
+                    Fate::Done(out) => {
+                        if let Output::Value(v) = &out {
+                            seen[k].clone_from(v);
+                        }
+                        ops.push(Op {
+                            client,
+                            key,
+                            input,
+                            call,
+                            ret: Some(ret),
+                            output: Some(out),
+                        });
+                    }
+                    Fate::Unknown if input != Input::Get => ops.push(Op {
+                        client,
+                        key,
+                        input,
+                        call,
+                        ret: None,
+                        output: None,
+                    }),
+                    Fate::Unknown | Fate::NotApplied => {}
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ops
+        }));
+    }
+
+    // The nemesis: one fault at a time, so a majority is always up.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut faults = std::collections::BTreeMap::<&str, usize>::new();
+    for _ in 0..ROUNDS {
+        let leader = c.wait_leader(TIMEOUT);
+        let follower = (leader + 1 + rng.usize(..2)) % 3;
+        let (name, target, sig) = match rng.u32(..4) {
+            0 => ("kill leader", leader, Signal::SIGKILL),
+            1 => ("kill follower", follower, Signal::SIGKILL),
+            2 => ("pause leader", leader, Signal::SIGSTOP),
+            _ => ("pause follower", follower, Signal::SIGSTOP),
+        };
+        *faults.entry(name).or_default() += 1;
+        c.signal(target, sig);
+        std::thread::sleep(Duration::from_millis(ELECTION_MS + rng.u64(..ELECTION_MS)));
+        if sig == Signal::SIGSTOP {
+            c.signal(target, Signal::SIGCONT);
+        } else {
+            c.spawn(target);
+        }
+        c.wait_healthy(target, TIMEOUT);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut history = Vec::new();
+    for t in clients {
+        history.extend(t.join().expect("client"));
+    }
+    let done = history.iter().filter(|o| o.output.is_some()).count();
+    let unknown = history.len() - done;
+    eprintln!(
+        "{ROUNDS} fault rounds {faults:?} in {:?}: {} operations recorded ({done} with a result, {unknown} unknown)",
+        start.elapsed(),
+        history.len()
+    );
+    assert!(done > 500, "too little traffic got through: {done}");
+    let verdict = linearizability::check(&history, 5_000_000);
+    assert_eq!(verdict, Verdict::Linearizable);
+    assert_converged(&mut c);
+}
