@@ -23,6 +23,10 @@ pub const ELECTION_MS: u64 = 500;
 #[derive(Debug)]
 pub struct Member {
     pub name: String,
+    /// The address it listens on: 127.0.0.1, or its own address in its namespace.
+    pub host: String,
+    /// Its network namespace, if the cluster runs in namespaces.
+    pub netns: Option<String>,
     pub client_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -36,16 +40,16 @@ pub struct Member {
 
 impl Member {
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+        SocketAddr::new(self.host.parse().expect("member address"), self.client_port)
     }
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -65,17 +69,41 @@ pub struct Cluster {
     root: tempfile::TempDir,
     pub members: Vec<Member>,
     extra: Vec<String>,
+    /// The namespaces, when the cluster runs in them (dropped after the members).
+    pub net: Option<Netns>,
 }
 
 impl Cluster {
     /// Start `n` members of a new cluster and wait until each is healthy.
     pub fn start(flavor: Flavor, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(flavor, n, extra, None)
+    }
+
+    /// Start `n` members, each in its own network namespace joined to the others by a
+    /// veth pair and a bridge, so that [`Netns::cut`] can isolate any of them. The
+    /// calling thread moves into the bridge's namespace to reach them.
+    pub fn start_in_netns(flavor: Flavor, n: usize, extra: &[&str]) -> Cluster {
+        let net = Netns::create(n);
+        Cluster::start_with(flavor, n, extra, Some(net))
+    }
+
+    fn start_with(flavor: Flavor, n: usize, extra: &[&str], net: Option<Netns>) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix(&format!("keel-cluster-{}-", flavor.name()))
             .tempdir()
             .expect("tempdir");
         let mut members: Vec<Member> = (0..n)
-            .map(|i| new_member(root.path(), &format!("m{i}")))
+            .map(|i| match &net {
+                None => new_member(root.path(), &format!("m{i}")),
+                Some(net) => {
+                    let mut m = new_member(root.path(), &format!("m{i}"));
+                    m.host = net.address(i);
+                    m.netns = Some(net.member(i));
+                    m.client_port = 2379;
+                    m.peer_port = 2380;
+                    m
+                }
+            })
             .collect();
         let initial = members
             .iter()
@@ -90,6 +118,7 @@ impl Cluster {
             root,
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            net,
         };
         for i in 0..n {
             c.spawn(i);
@@ -143,7 +172,15 @@ impl Cluster {
             .open(&m.log_path)
             .expect("open member log");
         let log2 = log.try_clone().expect("clone log handle");
-        let child = Command::new(self.flavor.binary())
+        let mut cmd = match &m.netns {
+            None => Command::new(self.flavor.binary()),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(self.flavor.binary());
+                c
+            }
+        };
+        let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log2))
@@ -305,6 +342,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &mut self.members {
             if let Some(mut c) = m.child.take() {
+                // (members first; the namespaces go when `net` drops after this)
                 if m.paused {
                     let pid = Pid::from_raw(i32::try_from(c.id()).unwrap_or(0));
                     let _ = signal::kill(pid, Signal::SIGCONT);
@@ -324,6 +362,8 @@ fn new_member(root: &std::path::Path, name: &str) -> Member {
     }
     Member {
         name: name.to_string(),
+        host: "127.0.0.1".to_string(),
+        netns: None,
         client_port,
         peer_port,
         data_dir: root.join(name),
@@ -332,5 +372,89 @@ fn new_member(root: &std::path::Path, name: &str) -> Member {
         state: "new",
         child: None,
         paused: false,
+    }
+}
+
+/// Network namespaces for a cluster: one per member plus a hub holding a bridge that
+/// every member's veth pair plugs into. The hub has 10.99.0.254 on the bridge; member
+/// `i` has 10.99.0.(i+1).
+#[derive(Debug)]
+pub struct Netns {
+    prefix: String,
+    n: usize,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// Create the namespaces and links, then move the calling thread into the hub.
+    pub fn create(n: usize) -> Netns {
+        let prefix = format!("kc{}", std::process::id());
+        let net = Netns { prefix, n };
+        let hub = net.hub();
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &hub, "addr", "add", "10.99.0.254/24", "dev", "br0"]);
+        ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let ns = net.member(i);
+            let side = format!("h{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n", &hub, "link", "add", &side, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ]);
+            ip(&["-n", &hub, "link", "set", &side, "master", "br0", "up"]);
+            let addr = format!("{}/24", net.address(i));
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        let f = std::fs::File::open(format!("/var/run/netns/{hub}")).expect("open hub netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter hub netns");
+        net
+    }
+
+    pub fn hub(&self) -> String {
+        format!("{}h", self.prefix)
+    }
+
+    pub fn member(&self, i: usize) -> String {
+        format!("{}m{i}", self.prefix)
+    }
+
+    pub fn address(&self, i: usize) -> String {
+        format!("10.99.0.{}", i + 1)
+    }
+
+    /// Cut member `i` off from everyone (its link to the bridge goes down).
+    pub fn cut(&self, i: usize) {
+        ip(&["-n", &self.hub(), "link", "set", &format!("h{i}"), "down"]);
+    }
+
+    pub fn heal(&self, i: usize) {
+        ip(&["-n", &self.hub(), "link", "set", &format!("h{i}"), "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for i in 0..self.n {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.member(i)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub()])
+            .status();
     }
 }
