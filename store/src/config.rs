@@ -131,7 +131,8 @@ pub struct EtcdFlags {
     pub peer_trusted_ca_file: Option<String>,
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: Option<String>,
-    #[arg(long, env = "ETCD_DISCOVERY", hide = true)]
+    /// Discovery URL used to bootstrap the cluster (etcd's v2 discovery protocol).
+    #[arg(long, env = "ETCD_DISCOVERY")]
     pub discovery: Option<String>,
     #[arg(long, env = "ETCD_DISCOVERY_SRV", hide = true)]
     pub discovery_srv: Option<String>,
@@ -214,6 +215,8 @@ pub struct Settings {
     pub initial_cluster: Vec<(String, Vec<String>)>,
     /// Join a running cluster (`--initial-cluster-state existing`).
     pub join_existing: bool,
+    /// Find the other members of a new cluster through this discovery URL.
+    pub discovery: Option<String>,
     pub cluster_token: String,
     /// One Raft tick (`--heartbeat-interval`).
     pub heartbeat: std::time::Duration,
@@ -237,7 +240,7 @@ impl EtcdFlags {
                 return Err(ConfigError::UnknownEnv { name });
             }
         }
-        let unsupported: [(&'static str, bool, &'static str); 13] = [
+        let unsupported: [(&'static str, bool, &'static str); 12] = [
             (
                 "auto-tls",
                 self.auto_tls.is_some(),
@@ -264,14 +267,9 @@ impl EtcdFlags {
                 "peers arrive with clustering",
             ),
             (
-                "discovery",
-                self.discovery.is_some(),
-                "discovery arrives with clustering",
-            ),
-            (
                 "discovery-srv",
                 self.discovery_srv.is_some(),
-                "discovery arrives with clustering",
+                "DNS SRV discovery is not supported; use --discovery or --initial-cluster",
             ),
             ("proxy", self.proxy.is_some(), "proxy mode is not planned"),
             (
@@ -355,6 +353,17 @@ impl EtcdFlags {
                 ),
             ));
         }
+        if let Some(d) = &self.discovery {
+            if self.initial_cluster.is_some() {
+                return Err(invalid(
+                    "discovery",
+                    "multiple discovery or bootstrap flags are set: choose one of --initial-cluster or --discovery",
+                ));
+            }
+            if !d.starts_with("http://") && !d.starts_with("https://") {
+                return Err(invalid("discovery", format!("{d:?} is not an http(s) URL")));
+            }
+        }
         let initial_cluster = match &self.initial_cluster {
             None => vec![(self.name.clone(), peer_urls.clone())],
             Some(ic) => {
@@ -421,6 +430,7 @@ impl EtcdFlags {
             listen_peer,
             initial_cluster,
             join_existing: self.initial_cluster_state == "existing",
+            discovery: self.discovery.clone(),
             cluster_token: self.initial_cluster_token.clone(),
             heartbeat: std::time::Duration::from_millis(self.heartbeat_interval),
             election: std::time::Duration::from_millis(self.election_timeout),

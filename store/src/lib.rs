@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod engine;
 pub mod http;
 pub mod json;

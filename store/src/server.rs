@@ -40,6 +40,8 @@ pub enum ServerError {
         "cannot join the cluster: {0} (add this member with `etcdctl member add` first, and list the running members in --initial-cluster)"
     )]
     JoinCluster(String),
+    #[error("cannot bootstrap through discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("cannot read or write the member id file {path}")]
     IdFile {
         path: std::path::PathBuf,
@@ -48,10 +50,27 @@ pub enum ServerError {
     },
 }
 
+/// Who this member is and how it starts.
+struct Identity {
+    id: u64,
+    /// Peers a joining member learned from the running ones.
+    known: Members,
+    /// The members of a new cluster (from the flags, or found by discovery).
+    initial: Vec<(String, Vec<String>)>,
+    /// The token the member ids of the new cluster are computed with.
+    token: String,
+}
+
 /// This member's id: kept in `member/id` once known. A new cluster's members compute
-/// theirs from the flags as etcd does; a joining member finds itself in the membership
-/// of the running members by its peer URLs.
-async fn member_id(settings: &Settings) -> Result<(u64, Members), ServerError> {
+/// theirs from the flags as etcd does (with the discovery URL as the token when
+/// discovering); a joining member finds itself in the membership of the running
+/// members by its peer URLs.
+async fn identity(settings: &Settings) -> Result<Identity, ServerError> {
+    let token = settings
+        .discovery
+        .clone()
+        .unwrap_or_else(|| settings.cluster_token.clone());
+    let mut initial = settings.initial_cluster.clone();
     let path = settings.data_dir.join("member").join("id");
     let id_err = |source| ServerError::IdFile {
         path: path.clone(),
@@ -67,9 +86,14 @@ async fn member_id(settings: &Settings) -> Result<(u64, Members), ServerError> {
     };
     let has_snapshot = settings.data_dir.join("member").join("snap").is_dir();
     if let Some(id) = saved
-        && (has_snapshot || !settings.join_existing)
+        && has_snapshot
     {
-        return Ok((id, Members::default()));
+        return Ok(Identity {
+            id,
+            known: Members::default(),
+            initial,
+            token,
+        });
     }
     let (id, known) = if settings.join_existing {
         let others: Vec<String> = settings
@@ -93,19 +117,31 @@ async fn member_id(settings: &Settings) -> Result<(u64, Members), ServerError> {
             })?;
         (me.id, members.clone())
     } else {
-        (
-            crate::cluster::member_id(&settings.peer_urls, &settings.cluster_token),
-            Members::default(),
-        )
+        let id = crate::cluster::member_id(&settings.peer_urls, &token);
+        if let Some(url) = &settings.discovery {
+            initial = crate::discovery::join(url, id, &settings.name, &settings.peer_urls).await?;
+            tracing::info!(?initial, "discovered the initial cluster");
+        }
+        (id, Members::default())
     };
     std::fs::create_dir_all(settings.data_dir.join("member")).map_err(id_err)?;
     crate::wal::atomic_write(&path, format!("{id:x}\n").as_bytes()).map_err(id_err)?;
-    Ok((id, known))
+    Ok(Identity {
+        id,
+        known,
+        initial,
+        token,
+    })
 }
 
 /// Open the engine for `settings`.
 pub async fn open_engine(settings: &Settings) -> Result<(Engine, Outbox, Members), ServerError> {
-    let (id, known) = member_id(settings).await?;
+    let Identity {
+        id,
+        known,
+        initial,
+        token,
+    } = identity(settings).await?;
     let mut opts = EngineOptions::new(&settings.data_dir);
     opts.snapshot_count = settings.snapshot_count;
     opts.wal = WalOptions::default();
@@ -117,10 +153,7 @@ pub async fn open_engine(settings: &Settings) -> Result<(Engine, Outbox, Members
         bootstrap: if settings.join_existing {
             Bootstrap::Existing
         } else {
-            Bootstrap::New(Members::bootstrap(
-                &settings.initial_cluster,
-                &settings.cluster_token,
-            ))
+            Bootstrap::New(Members::bootstrap(&initial, &token))
         },
     };
     let dir = settings.data_dir.clone();

@@ -71,6 +71,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// The namespaces, when the cluster runs in them (dropped after the members).
     pub net: Option<Netns>,
+    /// Bootstrap through this discovery URL instead of `--initial-cluster`.
+    discovery: Option<String>,
 }
 
 impl Cluster {
@@ -119,6 +121,7 @@ impl Cluster {
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             net,
+            discovery: None,
         };
         for i in 0..n {
             c.spawn(i);
@@ -127,6 +130,40 @@ impl Cluster {
             c.wait_healthy(i, Duration::from_secs(60));
         }
         c
+    }
+
+    /// A cluster of `n` members that find each other through `discovery_url`; they
+    /// are started but not waited for (a member beyond the size fails).
+    pub fn spawn_discovery(flavor: Flavor, n: usize, discovery_url: &str) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("keel-cluster-{}-", flavor.name()))
+            .tempdir()
+            .expect("tempdir");
+        let members = (0..n)
+            .map(|i| new_member(root.path(), &format!("m{i}")))
+            .collect();
+        let mut c = Cluster {
+            flavor,
+            root,
+            members,
+            extra: Vec::new(),
+            net: None,
+            discovery: Some(discovery_url.to_string()),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Wait until member `i`'s process has exited; returns its log tail.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while self.members[i].is_running() {
+            assert!(Instant::now() < deadline, "member {i} still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log_tail(i, 5)
     }
 
     fn args(&self, m: &Member) -> Vec<String> {
@@ -157,6 +194,15 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(url) = &self.discovery {
+            // Discovery replaces the bootstrap flags (etcd refuses both).
+            let at = a
+                .iter()
+                .position(|x| x == "--initial-cluster")
+                .unwrap_or(a.len());
+            a.drain(at..(at + 6).min(a.len()));
+            a.extend(["--discovery".to_string(), url.clone()]);
+        }
         a.extend(self.flavor.extra_args());
         a.extend(self.extra.iter().cloned());
         a

@@ -87,6 +87,29 @@ fn assert_converged(c: &mut Cluster) {
     }
 }
 
+/// Wait until `etcdctl member list` shows every member started with its name, peer
+/// and client URLs (each publishes them through the log once it runs).
+fn wait_published(c: &Cluster) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (ok, list) = c.etcdctl(0, &["member", "list"]);
+        if ok
+            && c.members.iter().all(|m| {
+                list.contains(&format!(
+                    ", started, {}, {}, {}, false",
+                    m.name,
+                    m.peer_url(),
+                    m.client_url()
+                ))
+            })
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "members never published: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Retry a v3 put until acknowledged; returns how long it took.
 fn put_until_acknowledged(c: &Cluster, i: usize, key: &str, value: &str) -> Duration {
     let start = Instant::now();
@@ -123,19 +146,7 @@ fn three_members_replicate_fail_over_and_refuse_writes_without_a_majority() {
         1,
         "one leader: {out}"
     );
-    let (ok, list) = c.etcdctl(1, &["member", "list"]);
-    assert!(ok, "{list}");
-    for m in &c.members {
-        assert!(
-            list.contains(&format!(
-                ", started, {}, {}, {}, false",
-                m.name,
-                m.peer_url(),
-                m.client_url()
-            )),
-            "{list}"
-        );
-    }
+    wait_published(&c);
 
     // Kill the leader: the others elect a new one and take writes again.
     let leader = c.wait_leader(TIMEOUT);
@@ -545,4 +556,30 @@ fn histories_under_kills_pauses_and_partitions_are_linearizable() {
     let verdict = linearizability::check(&history, 5_000_000);
     assert_eq!(verdict, Verdict::Linearizable);
     assert_converged(&mut c);
+}
+
+#[test]
+fn members_bootstrap_through_discovery_served_by_a_keel_store() {
+    // A one-member keel-store is the discovery service, as discovery.etcd.io was.
+    let disc = keel_tests::Server::start(Flavor::Keel);
+    let url = format!("{}/v2/keys/discovery/abc123", disc.client_url());
+    let r = disc.request(&Req::put(
+        "/v2/keys/discovery/abc123/_config/size",
+        "value=3",
+    ));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut c = Cluster::spawn_discovery(Flavor::Keel, 3, &url);
+    for i in 0..3 {
+        c.wait_healthy(i, TIMEOUT);
+    }
+    wait_published(&c);
+    put_until_acknowledged(&c, 2, "discovered", "yes");
+    assert_converged(&mut c);
+    // A fourth member with the same URL finds the cluster full and stops.
+    let mut late = Cluster::spawn_discovery(Flavor::Keel, 1, &url);
+    let log = late.wait_exit(0, TIMEOUT);
+    assert!(
+        log.contains("cluster is full (3 members already registered)"),
+        "{log}"
+    );
 }
