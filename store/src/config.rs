@@ -120,17 +120,22 @@ pub struct EtcdFlags {
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<String>,
 
+    /// Path to the peer server TLS cert file (also presented to peers as a client).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<String>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<String>,
+    /// Path to the peer TLS trusted CA file (verifies peers both ways).
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<String>,
+    /// Require peers to present certificates signed by --peer-trusted-ca-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<String>,
+
     // Recognised etcd flags that are not supported yet.
     #[arg(long, env = "ETCD_AUTO_TLS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub auto_tls: Option<String>,
-    #[arg(long, env = "ETCD_PEER_CERT_FILE", hide = true)]
-    pub peer_cert_file: Option<String>,
-    #[arg(long, env = "ETCD_PEER_KEY_FILE", hide = true)]
-    pub peer_key_file: Option<String>,
-    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", hide = true)]
-    pub peer_trusted_ca_file: Option<String>,
-    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub peer_client_cert_auth: Option<String>,
     /// Discovery URL used to bootstrap the cluster (etcd's v2 discovery protocol).
     #[arg(long, env = "ETCD_DISCOVERY")]
     pub discovery: Option<String>,
@@ -211,6 +216,8 @@ pub struct Settings {
     pub peer_urls: Vec<String>,
     /// Where peer traffic is accepted (`--listen-peer-urls`).
     pub listen_peer: Vec<Listen>,
+    /// TLS towards and from peers (`--peer-cert-file` …).
+    pub peer_tls: Option<crate::tls::TlsFiles>,
     /// The members of a new cluster (`--initial-cluster`; just this member by default).
     pub initial_cluster: Vec<(String, Vec<String>)>,
     /// Join a running cluster (`--initial-cluster-state existing`).
@@ -240,31 +247,11 @@ impl EtcdFlags {
                 return Err(ConfigError::UnknownEnv { name });
             }
         }
-        let unsupported: [(&'static str, bool, &'static str); 12] = [
+        let unsupported: [(&'static str, bool, &'static str); 8] = [
             (
                 "auto-tls",
                 self.auto_tls.is_some(),
                 "give --cert-file and --key-file",
-            ),
-            (
-                "peer-cert-file",
-                self.peer_cert_file.is_some(),
-                "peers arrive with clustering",
-            ),
-            (
-                "peer-key-file",
-                self.peer_key_file.is_some(),
-                "peers arrive with clustering",
-            ),
-            (
-                "peer-trusted-ca-file",
-                self.peer_trusted_ca_file.is_some(),
-                "peers arrive with clustering",
-            ),
-            (
-                "peer-client-cert-auth",
-                self.peer_client_cert_auth.is_some(),
-                "peers arrive with clustering",
             ),
             (
                 "discovery-srv",
@@ -338,11 +325,50 @@ impl EtcdFlags {
             &self.initial_advertise_peer_urls,
         )?;
         let listen_peer = parse_listen_urls("listen-peer-urls", &self.listen_peer_urls)?;
-        if listen_peer.iter().any(|l| l.https) || peer_urls.iter().any(|u| u.starts_with("https")) {
-            return Err(ConfigError::Unsupported {
-                flag: "listen-peer-urls",
-                why: "peer TLS is not supported yet; use http:// peer URLs",
-            });
+        let peer_client_cert_auth = match self.peer_client_cert_auth.as_deref() {
+            None => false,
+            Some(v) => crate::http::form::parse_bool(v).ok().ok_or_else(|| {
+                invalid("peer-client-cert-auth", format!("{v:?} is not a boolean"))
+            })?,
+        };
+        let peer_tls = match (&self.peer_cert_file, &self.peer_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                trusted_ca: self.peer_trusted_ca_file.as_ref().map(Into::into),
+                client_cert_auth: peer_client_cert_auth,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "peer-key-file",
+                    "is required with --peer-cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "peer-cert-file",
+                    "is required with --peer-key-file",
+                ));
+            }
+        };
+        let https_peers = listen_peer.iter().any(|l| l.https)
+            || peer_urls.iter().any(|u| u.starts_with("https://"))
+            || self
+                .initial_cluster
+                .as_deref()
+                .is_some_and(|c| c.contains("https://"));
+        if https_peers && peer_tls.is_none() {
+            return Err(invalid(
+                "listen-peer-urls",
+                "https peer URLs need --peer-cert-file and --peer-key-file",
+            ));
+        }
+        if (https_peers || peer_client_cert_auth) && self.peer_trusted_ca_file.is_none() {
+            return Err(invalid(
+                "peer-trusted-ca-file",
+                "is required to verify peers over https (and for --peer-client-cert-auth)",
+            ));
         }
         if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
             return Err(invalid(
@@ -428,6 +454,7 @@ impl EtcdFlags {
             advertise_client_urls,
             peer_urls,
             listen_peer,
+            peer_tls,
             initial_cluster,
             join_existing: self.initial_cluster_state == "existing",
             discovery: self.discovery.clone(),

@@ -7,6 +7,11 @@
 //! is one frame holding it (how a member started with `--initial-cluster-state
 //! existing` learns its id, as etcd's joining member reads `/members` from a peer).
 //!
+//! Over `https://` peer URLs both directions run TLS with etcd's peer flags: the
+//! listener presents `--peer-cert-file` (and, with `--peer-client-cert-auth`, requires a
+//! certificate signed by `--peer-trusted-ca-file`); the sender verifies the peer against
+//! that CA and presents the same certificate.
+//!
 //! Each destination member has a sender task with a bounded queue; Raft tolerates lost
 //! messages, so a full queue or a broken connection drops them and reports the member
 //! unreachable (and a snapshot as failed) to the engine.
@@ -18,9 +23,35 @@ use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+/// TLS towards and from peers.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls")
+    }
+}
+
+impl PeerTls {
+    pub fn new(files: &crate::tls::TlsFiles) -> Result<PeerTls, crate::tls::TlsError> {
+        Ok(PeerTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
+            connector: tokio_rustls::TlsConnector::from(crate::tls::peer_client_config(files)?),
+        })
+    }
+}
+
+trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for T {}
+type Stream = Box<dyn PeerStream>;
 
 const RAFT_MAGIC: &[u8; 8] = b"KEELRAFT";
 const MEMBERS_MAGIC: &[u8; 8] = b"KEELMEMB";
@@ -45,27 +76,81 @@ pub enum PeerError {
     BadUrl(String),
 }
 
-/// `http://host:port` → `host:port`.
-pub fn url_addr(url: &str) -> Result<String, PeerError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| PeerError::BadUrl(url.to_string()))?;
+/// `http(s)://host:port` → (TLS?, `host:port`, host).
+pub fn url_addr(url: &str) -> Result<(bool, String, String), PeerError> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (
+            false,
+            url.strip_prefix("http://")
+                .ok_or_else(|| PeerError::BadUrl(url.to_string()))?,
+        ),
+    };
     let hostport = rest.split('/').next().unwrap_or(rest);
-    if !hostport.contains(':') {
+    let Some((host, _)) = hostport.rsplit_once(':') else {
         return Err(PeerError::BadUrl(url.to_string()));
-    }
-    Ok(hostport.to_string())
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((tls, hostport.to_string(), host))
 }
 
-/// Accept peer connections until the task is dropped.
-pub async fn serve(listener: TcpListener, engine: Engine) {
+/// Open a connection to a peer URL (TLS for https).
+async fn dial(url: &str, tls: Option<&PeerTls>) -> Result<Stream, PeerError> {
+    let (https, addr, host) = url_addr(url)?;
+    let io = |source| PeerError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(io)?;
+    let _ = tcp.set_nodelay(true);
+    if !https {
+        return Ok(Box::new(tcp));
+    }
+    let tls = tls.ok_or_else(|| PeerError::Protocol {
+        addr: addr.clone(),
+        reason:
+            "an https peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"
+                .into(),
+    })?;
+    let name =
+        rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| PeerError::Protocol {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, tcp))
+        .await
+        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(io)?;
+    Ok(Box::new(stream))
+}
+
+/// Accept peer connections until the task is dropped; with `tls`, only over TLS.
+pub async fn serve(listener: TcpListener, engine: Engine, tls: Option<PeerTls>) {
     loop {
         let Ok((stream, addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let engine = engine.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let stream: Stream = match tls {
+                None => Box::new(stream),
+                Some(tls) => match tls.acceptor.accept(stream).await {
+                    Ok(s) => Box::new(s),
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "peer TLS handshake failed");
+                        return;
+                    }
+                },
+            };
             if let Err(e) = receive(stream, addr, engine).await {
                 tracing::debug!(%addr, error = %e, "peer connection closed");
             }
@@ -73,8 +158,7 @@ pub async fn serve(listener: TcpListener, engine: Engine) {
     }
 }
 
-async fn receive(mut stream: TcpStream, addr: SocketAddr, engine: Engine) -> Result<(), PeerError> {
-    let _ = stream.set_nodelay(true);
+async fn receive(mut stream: Stream, addr: SocketAddr, engine: Engine) -> Result<(), PeerError> {
     let io = |source| PeerError::Io {
         addr: addr.to_string(),
         source,
@@ -140,14 +224,19 @@ async fn receive(mut stream: TcpStream, addr: SocketAddr, engine: Engine) -> Res
 /// Deliver the engine's outgoing messages until the outbox closes. Peer URLs come
 /// from the replicated membership, or from `known` (what a joining member learned from
 /// the running members) while it has none yet.
-pub async fn send_all(engine: Engine, mut outbox: crate::engine::Outbox, known: Members) {
+pub async fn send_all(
+    engine: Engine,
+    mut outbox: crate::engine::Outbox,
+    known: Members,
+    tls: Option<PeerTls>,
+) {
     let known = std::sync::Arc::new(known);
     let mut peers: HashMap<u64, mpsc::Sender<Message>> = HashMap::new();
     while let Some(msg) = outbox.recv().await {
         let to = msg.to;
         let tx = peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(sender(engine.clone(), to, rx, known.clone()));
+            tokio::spawn(sender(engine.clone(), to, rx, known.clone(), tls.clone()));
             tx
         });
         if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(msg) {
@@ -165,8 +254,9 @@ async fn sender(
     to: u64,
     mut rx: mpsc::Receiver<Message>,
     known: std::sync::Arc<Members>,
+    tls: Option<PeerTls>,
 ) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut conn: Option<BufWriter<Stream>> = None;
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.clear();
@@ -178,7 +268,7 @@ async fn sender(
             }
         }
         if conn.is_none() {
-            conn = connect(&engine, to, &known).await;
+            conn = connect(&engine, to, &known, tls.as_ref()).await;
         }
         let delivered = match conn.as_mut() {
             Some(w) => write_batch(w, &batch).await.is_ok(),
@@ -196,7 +286,7 @@ async fn sender(
     }
 }
 
-async fn write_batch(w: &mut BufWriter<TcpStream>, batch: &[Message]) -> std::io::Result<()> {
+async fn write_batch(w: &mut BufWriter<Stream>, batch: &[Message]) -> std::io::Result<()> {
     for m in batch {
         let bytes = m
             .write_to_bytes()
@@ -207,27 +297,30 @@ async fn write_batch(w: &mut BufWriter<TcpStream>, batch: &[Message]) -> std::io
     w.flush().await
 }
 
-async fn connect(engine: &Engine, to: u64, known: &Members) -> Option<BufWriter<TcpStream>> {
+async fn connect(
+    engine: &Engine,
+    to: u64,
+    known: &Members,
+    tls: Option<&PeerTls>,
+) -> Option<BufWriter<Stream>> {
     let urls = match engine.members().get(to) {
         Some(m) => m.peer_urls.clone(),
         None => known.get(to)?.peer_urls.clone(),
     };
     for url in urls {
-        let Ok(addr) = url_addr(&url) else {
-            continue;
+        let mut stream = match dial(&url, tls).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%url, error = %e, "cannot reach peer");
+                continue;
+            }
         };
-        let Ok(Ok(mut stream)) =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await
-        else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         let mut hello = Vec::with_capacity(32);
         hello.extend_from_slice(RAFT_MAGIC);
         hello.extend_from_slice(&engine.cluster_id().to_le_bytes());
         hello.extend_from_slice(&engine.status().id.to_le_bytes());
         hello.extend_from_slice(&to.to_le_bytes());
-        if stream.write_all(&hello).await.is_ok() {
+        if stream.write_all(&hello).await.is_ok() && stream.flush().await.is_ok() {
             return Some(BufWriter::with_capacity(64 * 1024, stream));
         }
     }
@@ -235,10 +328,13 @@ async fn connect(engine: &Engine, to: u64, known: &Members) -> Option<BufWriter<
 }
 
 /// Ask the members behind `peer_urls` for the membership; the first answer wins.
-pub async fn fetch_members(peer_urls: &[String]) -> Result<Members, PeerError> {
+pub async fn fetch_members(
+    peer_urls: &[String],
+    tls: Option<&PeerTls>,
+) -> Result<Members, PeerError> {
     let mut last = PeerError::BadUrl(String::new());
     for url in peer_urls {
-        match fetch_from(url).await {
+        match fetch_from(url, tls).await {
             Ok(m) => return Ok(m),
             Err(e) => last = e,
         }
@@ -246,17 +342,15 @@ pub async fn fetch_members(peer_urls: &[String]) -> Result<Members, PeerError> {
     Err(last)
 }
 
-async fn fetch_from(url: &str) -> Result<Members, PeerError> {
-    let addr = url_addr(url)?;
+async fn fetch_from(url: &str, tls: Option<&PeerTls>) -> Result<Members, PeerError> {
+    let (_, addr, _) = url_addr(url)?;
     let io = |source| PeerError::Io {
         addr: addr.clone(),
         source,
     };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-        .await
-        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(io)?;
+    let mut stream = dial(url, tls).await?;
     stream.write_all(MEMBERS_MAGIC).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.map_err(io)?;
     let len = u32::from_le_bytes(len) as usize;

@@ -102,7 +102,11 @@ async fn identity(settings: &Settings) -> Result<Identity, ServerError> {
             .filter(|(n, _)| n != &settings.name)
             .flat_map(|(_, urls)| urls.clone())
             .collect();
-        let members = crate::peer::fetch_members(&others)
+        let tls = match &settings.peer_tls {
+            Some(files) => Some(crate::peer::PeerTls::new(files)?),
+            None => None,
+        };
+        let members = crate::peer::fetch_members(&others, tls.as_ref())
             .await
             .map_err(|e| ServerError::JoinCluster(e.to_string()))?;
         let me = settings
@@ -176,6 +180,10 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let peer_tls = match &settings.peer_tls {
+        Some(files) => Some(crate::peer::PeerTls::new(files)?),
+        None => None,
+    };
     let (engine, outbox, known) = open_engine(&settings).await?;
     let alone = engine.members().members.len() <= 1 && !settings.join_existing;
     let mut peer_listeners = Vec::new();
@@ -221,12 +229,17 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut background = Vec::new();
     for l in peer_listeners {
-        background.push(tokio::spawn(crate::peer::serve(l, engine.clone())));
+        background.push(tokio::spawn(crate::peer::serve(
+            l,
+            engine.clone(),
+            peer_tls.clone(),
+        )));
     }
     background.push(tokio::spawn(crate::peer::send_all(
         engine.clone(),
         outbox,
         known,
+        peer_tls.clone(),
     )));
     background.push(tokio::spawn(publish(engine.clone(), cluster.local.clone())));
     let cluster = Arc::new(cluster);

@@ -2,8 +2,8 @@
 //! `--trusted-ca-file` + `--client-cert-auth` to require client certificates signed by a
 //! trusted CA. ALPN offers `h2` and `http/1.1`, so gRPC and HTTP clients share the port.
 
-use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -91,5 +91,27 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         builder.with_no_client_auth().with_single_cert(chain, key)?
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The rustls client configuration a member uses towards its peers: it trusts
+/// `--peer-trusted-ca-file` and presents its peer certificate (etcd's peers use the
+/// same certificate both ways).
+pub fn peer_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_path = files.trusted_ca.as_ref().ok_or(TlsError::NoTrustedCa)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_path)? {
+        roots.add(c)?;
+    }
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Key {
+        path: files.key.clone(),
+        source,
+    })?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(config))
 }

@@ -27,6 +27,8 @@ pub struct Member {
     pub host: String,
     /// Its network namespace, if the cluster runs in namespaces.
     pub netns: Option<String>,
+    /// Peer URLs are `https://`.
+    pub peer_tls: bool,
     pub client_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -43,7 +45,8 @@ impl Member {
         format!("http://{}:{}", self.host, self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.peer_port)
+        let scheme = if self.peer_tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.peer_port)
     }
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host.parse().expect("member address"), self.client_port)
@@ -90,6 +93,43 @@ impl Cluster {
     }
 
     fn start_with(flavor: Flavor, n: usize, extra: &[&str], net: Option<Netns>) -> Cluster {
+        let mut c = Cluster::prepare_with(flavor, n, extra, net);
+        c.start_all();
+        c
+    }
+
+    /// A new cluster's members, not started yet (so a test can fill their data dirs).
+    pub fn prepare(flavor: Flavor, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::prepare_with(flavor, n, extra, None)
+    }
+
+    /// Switch a prepared cluster to `https://` peer URLs (the TLS flags go in `extra`).
+    pub fn use_https_peers(&mut self) {
+        for m in &mut self.members {
+            m.peer_tls = true;
+        }
+        let initial = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut self.members {
+            m.initial_cluster.clone_from(&initial);
+        }
+    }
+
+    /// Start every member and wait until each is healthy.
+    pub fn start_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i, Duration::from_secs(60));
+        }
+    }
+
+    fn prepare_with(flavor: Flavor, n: usize, extra: &[&str], net: Option<Netns>) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix(&format!("keel-cluster-{}-", flavor.name()))
             .tempdir()
@@ -115,21 +155,14 @@ impl Cluster {
         for m in &mut members {
             m.initial_cluster.clone_from(&initial);
         }
-        let mut c = Cluster {
+        Cluster {
             flavor,
             root,
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             net,
             discovery: None,
-        };
-        for i in 0..n {
-            c.spawn(i);
         }
-        for i in 0..n {
-            c.wait_healthy(i, Duration::from_secs(60));
-        }
-        c
     }
 
     /// A cluster of `n` members that find each other through `discovery_url`; they
@@ -410,6 +443,7 @@ fn new_member(root: &std::path::Path, name: &str) -> Member {
         name: name.to_string(),
         host: "127.0.0.1".to_string(),
         netns: None,
+        peer_tls: false,
         client_port,
         peer_port,
         data_dir: root.join(name),

@@ -10,6 +10,7 @@ pub mod image;
 pub mod linearizability;
 pub mod norm;
 pub mod pair;
+pub mod pki;
 pub mod server;
 pub mod update_server;
 pub mod v3;

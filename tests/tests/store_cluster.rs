@@ -583,3 +583,99 @@ fn members_bootstrap_through_discovery_served_by_a_keel_store() {
         "{log}"
     );
 }
+
+#[test]
+fn a_backup_from_one_member_seeds_a_new_cluster() {
+    let mut a = Cluster::start(Flavor::Keel, 3, &[]);
+    v2_put(&a, 0, "backup/v2", "kept").expect("v2 put");
+    put_until_acknowledged(&a, 1, "backup/v3", "kept");
+    assert_converged(&mut a);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.db");
+    let (ok, out) = a.etcdctl(2, &["snapshot", "save", &file.display().to_string()]);
+    assert!(ok, "{out}");
+    drop(a);
+
+    // Every member of the new cluster restores the same file, then starts with the new
+    // cluster's flags: the membership comes from them, the data from the backup.
+    let mut b = Cluster::prepare(Flavor::Keel, 3, &[]);
+    for m in &b.members {
+        let out = std::process::Command::new(keel_tests::server::keel_store_bin())
+            .args(["snapshot", "restore"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .output()
+            .expect("run restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    b.start_all();
+    wait_published(&b);
+    put_until_acknowledged(&b, 0, "after-restore", "1");
+    assert_converged(&mut b);
+    for i in 0..3 {
+        let kvs = v3_dump(&b, i);
+        assert!(
+            kvs.contains(&("backup/v3".to_string(), "kept".to_string())),
+            "{kvs:?}"
+        );
+        assert!(
+            kvs.contains(&("after-restore".to_string(), "1".to_string())),
+            "{kvs:?}"
+        );
+        assert_eq!(v2_dump(&b, i)["nodes"][0]["nodes"][0]["value"], "kept");
+    }
+}
+
+#[test]
+fn peers_talk_over_mutual_tls_with_etcds_peer_flags() {
+    let pki = keel_tests::pki::Pki::new();
+    let (cert, key, ca) = (
+        pki.file("peer.crt"),
+        pki.file("peer.key"),
+        pki.file("ca.crt"),
+    );
+    let mut c = Cluster::prepare(
+        Flavor::Keel,
+        3,
+        &[
+            "--peer-cert-file",
+            &cert,
+            "--peer-key-file",
+            &key,
+            "--peer-trusted-ca-file",
+            &ca,
+            "--peer-client-cert-auth",
+        ],
+    );
+    c.use_https_peers();
+    c.start_all();
+    wait_published(&c);
+    assert!(c.members[0].peer_url().starts_with("https://"));
+    put_until_acknowledged(&c, 1, "over-tls", "1");
+    assert_converged(&mut c);
+    // Plain text on a TLS peer port goes nowhere.
+    let leader = c.wait_leader(TIMEOUT);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.members[leader].peer_port))
+        .expect("connect peer port");
+    use std::io::{Read, Write};
+    let _ = s.write_all(b"KEELRAFT");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || !buf[..n].starts_with(b"KEEL"),
+        "plain text was answered"
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !c.log_tail(leader, 50).contains("peer TLS handshake failed") {
+        assert!(Instant::now() < deadline, "{}", c.log_tail(leader, 20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    put_until_acknowledged(&c, 2, "still-fine", "1");
+}
