@@ -679,3 +679,65 @@ fn peers_talk_over_mutual_tls_with_etcds_peer_flags() {
     }
     put_until_acknowledged(&c, 2, "still-fine", "1");
 }
+
+/// etcdctl (v3) as a long-running process on member `i`, its stdout lines on a channel.
+fn etcdctl_proc(c: &Cluster, i: usize, args: &[&str]) -> keel_tests::ctl::LineProc {
+    let mut cmd = std::process::Command::new(keel_tests::server::etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.members[i].endpoint()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    keel_tests::ctl::LineProc::from_command(cmd)
+}
+
+#[test]
+fn watches_and_leases_on_a_follower_survive_a_leader_change() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &[]);
+    let leader = c.wait_leader(TIMEOUT);
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let watch = etcdctl_proc(&c, follower, &["watch", "--prefix", "w/"]);
+    // A lease granted and kept alive through the follower: the keep-alives reach the
+    // leader through the log.
+    let (ok, out) = c.etcdctl(follower, &["lease", "grant", "3"]);
+    assert!(ok, "{out}");
+    let lease = out.split_whitespace().nth(1).expect("lease id").to_string();
+    let keepalive = etcdctl_proc(&c, follower, &["lease", "keep-alive", &lease]);
+    put_until_acknowledged(&c, leader, "leased", "1");
+    let (ok, out) = c.etcdctl(follower, &["put", "leased", "1", "--lease", &lease]);
+    assert!(ok, "{out}");
+    for n in 1..=5 {
+        put_until_acknowledged(&c, leader, &format!("w/{n}"), &format!("v{n}"));
+    }
+    c.kill(leader);
+    for n in 6..=10 {
+        put_until_acknowledged(&c, other, &format!("w/{n}"), &format!("v{n}"));
+    }
+    // Every event, in order, on the follower's watch across the leader change.
+    let lines = watch.take(30, TIMEOUT);
+    let keys: Vec<&String> = lines.iter().skip(1).step_by(3).collect();
+    let want: Vec<String> = (1..=10).map(|n| format!("w/{n}")).collect();
+    assert_eq!(keys, want.iter().collect::<Vec<_>>(), "{lines:?}");
+    assert!(lines.iter().step_by(3).all(|l| l == "PUT"), "{lines:?}");
+
+    // Two TTLs later the lease lives on under the new leader; without keep-alives it
+    // expires and takes its key with it.
+    std::thread::sleep(Duration::from_secs(6));
+    let (ok, out) = c.etcdctl(other, &["lease", "timetolive", &lease]);
+    assert!(ok && out.contains("remaining("), "{out}");
+    let (_, out) = c.etcdctl(other, &["get", "leased"]);
+    assert!(out.contains("leased"), "{out}");
+    drop(keepalive);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, out) = c.etcdctl(other, &["get", "leased"]);
+        if !out.contains("leased") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, out) = c.etcdctl(follower, &["lease", "timetolive", &lease]);
+    assert!(out.contains("already expired"), "{out}");
+}

@@ -118,6 +118,7 @@ pub(super) fn open(opts: EngineOptions) -> Result<(Engine, Recovery, super::Outb
         request_timeout: opts.raft.request_timeout(),
         cluster_id: AtomicU64::new(0),
         removed: std::sync::atomic::AtomicBool::new(false),
+        sole_voter: std::sync::atomic::AtomicBool::new(false),
     });
     shared.cluster_id.store(
         shared.state.read().map_or(0, |s| s.members.cluster_id),
@@ -517,10 +518,18 @@ impl Node {
     }
 
     fn persist(&mut self, entries: &[Entry], hs: Option<HardState>) -> Result<(), EngineError> {
+        // Term and vote must be durable before any message goes out; the commit index
+        // need not be (Raft learns it again), so a change of only the commit index
+        // rides along with the next frame of entries instead of costing a sync.
+        let vote_changed = hs.as_ref().is_some_and(|hs| {
+            self.wal
+                .hard_state()
+                .is_none_or(|w| w.term != hs.term || w.vote != hs.vote)
+        });
         if let Some(hs) = &hs {
             self.raw.mut_store().hard = hs.clone();
         }
-        if entries.is_empty() && hs.is_none() {
+        if entries.is_empty() && !vote_changed {
             return Ok(());
         }
         let hard = &self.raw.store().hard;
@@ -719,6 +728,13 @@ impl Node {
             is_learner: self.raw.store().conf.learners.contains(&self.id),
         };
         *lock(&self.shared.status) = status;
+        let conf = &self.raw.store().conf;
+        let sole = r.state == StateRole::Leader
+            && conf.voters == [self.id]
+            && conf.voters_outgoing.is_empty()
+            && r.raft_log.applied() >= r.raft_log.committed
+            && raft::Storage::term(self.raw.store(), r.raft_log.committed).ok() == Some(r.term);
+        self.shared.sole_voter.store(sole, Ordering::Release);
         if r.state == StateRole::Leader {
             // Keep `term` in headers current even before the first entry of a term applies.
             if let Ok(mut s) = self.shared.state.try_write() {
