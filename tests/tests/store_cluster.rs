@@ -741,3 +741,69 @@ fn watches_and_leases_on_a_follower_survive_a_leader_change() {
     let (_, out) = c.etcdctl(follower, &["lease", "timetolive", &lease]);
     assert!(out.contains("already expired"), "{out}");
 }
+
+#[test]
+fn leadership_moves_on_request_and_v2_members_api_changes_membership() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &[]);
+    wait_published(&c);
+    let leader = c.wait_leader(TIMEOUT);
+    let target = (leader + 1) % 3;
+    let (_, list) = c.etcdctl(0, &["member", "list"]);
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!(", {}, ", c.members[target].name)))
+        .and_then(|l| l.split(',').next())
+        .expect("target id")
+        .to_string();
+    // etcdctl move-leader must be sent to the leader (etcdctl checks with Status).
+    let (ok, out) = c.etcdctl((leader + 2) % 3, &["move-leader", &id]);
+    assert!(!ok && out.contains("no leader endpoint given"), "{out}");
+    let (ok, out) = c.etcdctl(leader, &["move-leader", &id]);
+    assert!(ok && out.contains("Leadership transferred"), "{out}");
+    assert_eq!(c.wait_leader(TIMEOUT), target);
+
+    // v2: POST /v2/members adds (201 with the new member), DELETE removes (204).
+    let peer = format!("http://127.0.0.1:{}", keel_tests::server::free_port());
+    let r = http::send(
+        c.members[0].addr(),
+        &Req::new("POST", "/v2/members").raw_body(
+            format!("{{\"peerURLs\":[\"{peer}\"]}}").into_bytes(),
+            Some("application/json"),
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("POST /v2/members");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let added = r.json().expect("json");
+    assert_eq!(added["peerURLs"][0], peer.as_str());
+    let new_id = added["id"].as_str().expect("id").to_string();
+    let r = c.members[1..]
+        .iter()
+        .map(|m| http::send(m.addr(), &Req::get("/v2/members"), Duration::from_secs(5)))
+        .next()
+        .expect("member")
+        .expect("GET /v2/members");
+    assert!(r.text().contains(&new_id), "{}", r.text());
+    // The same peer URL again conflicts, as in etcd.
+    let r = http::send(
+        c.members[2].addr(),
+        &Req::new("POST", "/v2/members").raw_body(
+            format!("{{\"peerURLs\":[\"{peer}\"]}}").into_bytes(),
+            Some("application/json"),
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("POST again");
+    assert_eq!(r.status, 409, "{}", r.text());
+    // With four voters (one never started) three still make a majority.
+    put_until_acknowledged(&c, 2, "with-four", "1");
+    let r = http::send(
+        c.members[0].addr(),
+        &Req::delete(&format!("/v2/members/{new_id}")),
+        Duration::from_secs(10),
+    )
+    .expect("DELETE");
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (_, list) = c.etcdctl(1, &["member", "list"]);
+    assert_eq!(list.trim().lines().count(), 3, "{list}");
+}
