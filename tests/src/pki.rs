@@ -17,48 +17,38 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, and a certificate it signed for `name` with the given extensions.
+/// A new P-256 key, unencrypted.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 fn make_ca(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.crt"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={ca}"),
-        ],
+    let (key, crt, subj) = (
+        format!("{ca}.key"),
+        format!("{ca}.crt"),
+        format!("/CN={ca}"),
     );
+    let mut args = vec!["req", "-x509"];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+    openssl(dir, &args);
 }
 
 fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).expect("pki");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
+    let (key, csr, subj) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("/CN={name}"),
     );
+    let mut args = vec!["req"];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+    openssl(dir, &args);
     openssl(
         dir,
         &[

@@ -742,6 +742,19 @@ fn watches_and_leases_on_a_follower_survive_a_leader_change() {
     assert!(out.contains("already expired"), "{out}");
 }
 
+/// `POST /v2/members` through member `i`.
+fn add_v2_member(c: &Cluster, i: usize, peer: &str) -> http::Resp {
+    http::send(
+        c.members[i].addr(),
+        &Req::new("POST", "/v2/members").raw_body(
+            format!("{{\"peerURLs\":[\"{peer}\"]}}").into_bytes(),
+            Some("application/json"),
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("POST /v2/members")
+}
+
 #[test]
 fn leadership_moves_on_request_and_v2_members_api_changes_membership() {
     let mut c = Cluster::start(Flavor::Keel, 3, &[]);
@@ -764,15 +777,7 @@ fn leadership_moves_on_request_and_v2_members_api_changes_membership() {
 
     // v2: POST /v2/members adds (201 with the new member), DELETE removes (204).
     let peer = format!("http://127.0.0.1:{}", keel_tests::server::free_port());
-    let r = http::send(
-        c.members[0].addr(),
-        &Req::new("POST", "/v2/members").raw_body(
-            format!("{{\"peerURLs\":[\"{peer}\"]}}").into_bytes(),
-            Some("application/json"),
-        ),
-        Duration::from_secs(10),
-    )
-    .expect("POST /v2/members");
+    let r = add_v2_member(&c, 0, &peer);
     assert_eq!(r.status, 201, "{}", r.text());
     let added = r.json().expect("json");
     assert_eq!(added["peerURLs"][0], peer.as_str());
@@ -785,15 +790,7 @@ fn leadership_moves_on_request_and_v2_members_api_changes_membership() {
         .expect("GET /v2/members");
     assert!(r.text().contains(&new_id), "{}", r.text());
     // The same peer URL again conflicts, as in etcd.
-    let r = http::send(
-        c.members[2].addr(),
-        &Req::new("POST", "/v2/members").raw_body(
-            format!("{{\"peerURLs\":[\"{peer}\"]}}").into_bytes(),
-            Some("application/json"),
-        ),
-        Duration::from_secs(10),
-    )
-    .expect("POST again");
+    let r = add_v2_member(&c, 2, &peer);
     assert_eq!(r.status, 409, "{}", r.text());
     // With four voters (one never started) three still make a majority.
     put_until_acknowledged(&c, 2, "with-four", "1");

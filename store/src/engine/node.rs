@@ -365,19 +365,7 @@ impl Node {
                         return;
                     }
                 };
-                let req = self.next_req;
-                self.next_req += 1;
-                match self.raw.propose(context(self.id, req), data) {
-                    Ok(()) => {
-                        self.pending.insert(req, (reply, Instant::now()));
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(EngineError::NoLeader));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(EngineError::Raft(e.to_string())));
-                    }
-                }
+                self.submit(reply, |raw, ctx| raw.propose(ctx, data));
             }
             Input::ChangeMembers { change, reply } => self.propose_change(change, reply),
             Input::Read(reply) => self.reads_queued.push(reply),
@@ -431,9 +419,19 @@ impl Node {
                 return;
             }
         }
+        self.submit(reply, |raw, ctx| raw.propose_conf_change(ctx, cc));
+    }
+
+    /// Hand a proposal to Raft under a new request number; its proposer is answered
+    /// when the entry is applied here, or now if Raft drops it.
+    fn submit(
+        &mut self,
+        reply: Reply,
+        propose: impl FnOnce(&mut RawNode<LogStore>, Vec<u8>) -> raft::Result<()>,
+    ) {
         let req = self.next_req;
         self.next_req += 1;
-        match self.raw.propose_conf_change(context(self.id, req), cc) {
+        match propose(&mut self.raw, context(self.id, req)) {
             Ok(()) => {
                 self.pending.insert(req, (reply, Instant::now()));
             }
