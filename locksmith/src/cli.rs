@@ -158,7 +158,7 @@ pub struct DaemonArgs {
     /// Longest pause between lock attempts [env: LOCKSMITHD_RETRY_MAX; default: 5m].
     #[arg(long)]
     pub retry_max: Option<String>,
-    /// Time a rebooted host has to prove it is healthy [env: LOCKSMITHD_HEALTH_TIMEOUT; default: 10m].
+    /// Time a rebooted host has to prove it is healthy [env: LOCKSMITHD_HEALTH_TIMEOUT; default: 15m, longer than keel-updater's own gate].
     #[arg(long)]
     pub health_timeout: Option<String>,
     /// Command (sh -c) that must succeed before the slot is released [env: LOCKSMITHD_HEALTH_COMMAND].
@@ -185,7 +185,7 @@ pub enum RebootMethodArg {
 pub const RETRY_MIN: Duration = Duration::from_secs(5);
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Default time a rebooted host has to become healthy.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(600);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(900);
 /// locksmith's wait after warning logged-in users.
 pub const LOGIN_DELAY: Duration = Duration::from_secs(300);
 

@@ -340,9 +340,9 @@ impl Ctx {
                     "the slot was taken back while this host was away; checking health anyway"
                 );
                 if h.boot_id != self.boot_id
-                    && let Err(reason) = self.verify_health(&h.target_version).await
+                    && let Err(u) = self.verify_health(&h.target_version).await
                 {
-                    self.record_failure(g, &h.target_version, &reason).await;
+                    self.record_failure(g, &h.target_version, &u.reason).await;
                 }
             }
             return None;
@@ -362,7 +362,19 @@ impl Ctx {
             Ok(detail) => {
                 self.release(EventKind::Released, &detail).await;
             }
-            Err(reason) => {
+            Err(Unhealthy {
+                reason,
+                fall_back: true,
+            }) => {
+                // Keep the slot: the reboot that lets the boot loader fall back is part
+                // of this host's turn.
+                tracing::error!(
+                    reason,
+                    "came back unhealthy; rebooting again, holding the slot, so the boot loader falls back"
+                );
+                return Some(held);
+            }
+            Err(Unhealthy { reason, .. }) => {
                 self.record_failure(g, &h.target_version, &reason).await;
                 self.release(
                     EventKind::Released,
@@ -405,35 +417,60 @@ impl Ctx {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if let Err(reason) = self.verify_health(&target).await {
-                tracing::error!(
-                    reason,
-                    "came back unhealthy; keeping the FleetLock slot so the rollout stops here"
-                );
-                std::future::pending::<()>().await;
+            match self.verify_health(&target).await {
+                Ok(_) => {}
+                // The lock is recursive: the next reboot (to fall back) happens under it.
+                Err(Unhealthy {
+                    fall_back: true, ..
+                }) => return,
+                Err(Unhealthy { reason, .. }) => {
+                    tracing::error!(
+                        reason,
+                        "came back unhealthy; keeping the FleetLock slot so the rollout stops here"
+                    );
+                    std::future::pending::<()>().await;
+                }
             }
         }
         self.release(EventKind::Released, "").await;
     }
 
     /// Proves the host came back healthy; `Err` carries why not.
-    async fn verify_health(&self, target: &str) -> Result<String, String> {
+    async fn verify_health(&self, target: &str) -> Result<String, Unhealthy> {
+        let unhealthy = |reason: String| Unhealthy {
+            reason,
+            fall_back: false,
+        };
         let booted = self.host.booted_version();
         if !target.is_empty() && booted != target {
-            return Err(format!(
+            return Err(unhealthy(format!(
                 "booted version {booted:?} is not the target {target:?} (the update was rolled back?)"
-            ));
+            )));
         }
         let deadline = tokio::time::Instant::now() + self.cfg.health_timeout;
         loop {
             let mut pending = Vec::new();
+            if let Some(bus) = &self.bus
+                && let Ok(Some(status)) = bus.update_status().await
+                && status.needs_reboot()
+            {
+                // The updater's own gate failed on the new slot and wants the reboot
+                // that makes the boot loader fall back.
+                return Err(Unhealthy {
+                    reason: format!(
+                        "the updater's health gate failed on {booted:?} and asks for a reboot ({})",
+                        status.operation
+                    ),
+                    fall_back: true,
+                });
+            }
             if let Some(bus) = &self.bus {
                 match bus.boot_status().await {
                     Ok(Some((version, good))) => {
                         if !target.is_empty() && version != target {
-                            return Err(format!(
+                            return Err(unhealthy(format!(
                                 "the updater booted {version:?}, not the target {target:?}"
-                            ));
+                            )));
                         }
                         if !good {
                             pending.push(format!("the updater has not marked {version} good"));
@@ -467,11 +504,11 @@ impl Ctx {
                 ));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
+                return Err(unhealthy(format!(
                     "not healthy within {:?}: {}",
                     self.cfg.health_timeout,
                     pending.join("; ")
-                ));
+                )));
             }
             tokio::time::sleep(
                 HEALTH_POLL.min(self.cfg.health_timeout / 4 + Duration::from_millis(50)),
@@ -822,6 +859,14 @@ impl Ctx {
         tracing::info!(sessions = sessions.len(), delay = ?self.cfg.login_delay, "users are logged in; warned them and waiting");
         true
     }
+}
+
+/// Why a host that rebooted is not (yet) healthy.
+#[derive(Debug)]
+struct Unhealthy {
+    reason: String,
+    /// The updater asks for another reboot so the boot loader can fall back.
+    fall_back: bool,
 }
 
 fn need_from(status: &crate::dbus::UpdateStatus) -> RebootNeed {

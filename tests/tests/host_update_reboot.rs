@@ -10,7 +10,7 @@ use keel_tests::dbus::PrivateBus;
 use keel_tests::server::{keel_locksmith_bin, workspace_bin};
 use keel_tests::v3::run;
 use keel_tests::{Flavor, Server};
-use keel_updater::boot::{BootEnv, BootState, select};
+use keel_updater::boot::{BootEnv, BootState, Slot, select};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,95 @@ fn updater_daemon(h: &Host) -> std::process::Command {
     c
 }
 
+/// Release engineering: a key, the image's trusted copy of it, a signed 1.1.0 payload.
+fn release_payload(h: &Host) -> PathBuf {
+    // Release engineering: a key, the image's trusted copy of it, a payload.
+    let key = h.dir.path().join("release");
+    assert!(
+        updater(h)
+            .args(["payload", "keygen", "--out"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    write(
+        &h.root.join("usr/share/keel/update-keys/release.pub"),
+        &std::fs::read_to_string(key.with_extension("pub")).unwrap(),
+    );
+    let image = h.dir.path().join("usr-1.1.0.img");
+    std::fs::write(
+        &image,
+        (0..(3 << 20))
+            .map(|i: u32| (i % 241) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let payload = h.dir.path().join("keel-1.1.0.keelpay");
+    let built = updater(h)
+        .args(["payload", "build"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&payload)
+        .args([
+            "--version",
+            "1.1.0",
+            "--rollback-index",
+            "2",
+            "--zstd",
+            "--key",
+        ])
+        .arg(key.with_extension("key"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    payload
+}
+
+/// The machine reboots (its agents already stopped): GRUB's choice is committed to
+/// grubenv, /run is emptied, and the kernel command line, boot id and os-release say
+/// what booted (USR-A holds 1.0.0, USR-B 1.1.0).
+fn boot_again(h: &Host, n: u32) -> Slot {
+    let mut boot = BootState::load(&h.grubenv).unwrap();
+    let (slot, after) = select(&boot.boot);
+    let slot = slot.expect("a bootable slot");
+    boot.commit(after, None).unwrap();
+    let _ = std::fs::remove_dir_all(h.root.join("run"));
+    write(
+        &h.root.join("proc/sys/kernel/random/boot_id"),
+        &format!("boot-{n}\n"),
+    );
+    write(
+        &h.root.join("proc/cmdline"),
+        &format!("keel.slot={}\n", slot.name()),
+    );
+    let version = if slot == Slot::B { "1.1.0" } else { "1.0.0" };
+    write(
+        &h.root.join("usr/lib/os-release"),
+        &format!("ID=keel\nVERSION={version}\n"),
+    );
+    slot
+}
+
+/// Wait until fake logind has seen `n` reboots.
+async fn wait_reboots(logind: &keel_tests::dbus::LogindState, n: usize, logs: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logind.reboots.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "reboot {n} never came; updater log:\n{}\nlocksmith log:\n{}",
+            std::fs::read_to_string(logs.join("updater.log")).unwrap_or_default(),
+            std::fs::read_to_string(logs.join("locksmith.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn update_reboot_and_health_gated_release_across_both_agents() {
     run(|| async {
@@ -134,51 +223,7 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
         let store = server.client_url();
         let h = host();
         let logs = h.dir.path();
-        // Release engineering: a key, the image's trusted copy of it, a payload.
-        let key = h.dir.path().join("release");
-        assert!(
-            updater(&h)
-                .args(["payload", "keygen", "--out"])
-                .arg(&key)
-                .status()
-                .unwrap()
-                .success()
-        );
-        write(
-            &h.root.join("usr/share/keel/update-keys/release.pub"),
-            &std::fs::read_to_string(key.with_extension("pub")).unwrap(),
-        );
-        let image = h.dir.path().join("usr-1.1.0.img");
-        std::fs::write(
-            &image,
-            (0..(3 << 20))
-                .map(|i: u32| (i % 241) as u8)
-                .collect::<Vec<u8>>(),
-        )
-        .unwrap();
-        let payload = h.dir.path().join("keel-1.1.0.keelpay");
-        let built = updater(&h)
-            .args(["payload", "build"])
-            .arg(&image)
-            .arg("--out")
-            .arg(&payload)
-            .args([
-                "--version",
-                "1.1.0",
-                "--rollback-index",
-                "2",
-                "--zstd",
-                "--key",
-            ])
-            .arg(key.with_extension("key"))
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-
+        let payload = release_payload(&h);
         let mut upd = spawn(updater_daemon(&h), &logs.join("updater.log"), &bus);
         let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
         let installed = updater(&h).arg("install").arg(&payload).output().unwrap();
@@ -196,15 +241,7 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
         .await
         .unwrap();
         let group = Group::new(client, "", "test");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while logind.reboots.lock().unwrap().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "no reboot; locksmith log:\n{}",
-                std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_reboots(&logind, 1, logs).await;
         let view = group.view().await.unwrap();
         let holder = &view
             .holder("5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b")
@@ -221,17 +258,7 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
         lsm.start_kill().unwrap();
         let _ = upd.wait().await;
         let _ = lsm.wait().await;
-        let mut boot = BootState::load(&h.grubenv).unwrap();
-        let (slot, after) = select(&boot.boot);
-        assert_eq!(slot, Some(keel_updater::boot::Slot::B));
-        boot.commit(after, None).unwrap();
-        std::fs::remove_dir_all(h.root.join("run")).unwrap();
-        write(&h.root.join("proc/sys/kernel/random/boot_id"), "boot-2\n");
-        write(&h.root.join("proc/cmdline"), "keel.slot=B\n");
-        write(
-            &h.root.join("usr/lib/os-release"),
-            "ID=keel\nVERSION=1.1.0\n",
-        );
+        assert_eq!(boot_again(&h, 2), Slot::B);
         let mut upd = spawn(updater_daemon(&h), &logs.join("updater.log"), &bus);
         let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
 
@@ -282,6 +309,90 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
             vec![false],
             "exactly one reboot"
         );
+        let _ = upd.start_kill();
+        let _ = lsm.start_kill();
+    });
+}
+
+#[test]
+fn an_update_that_fails_its_health_gate_is_rebooted_until_grub_falls_back() {
+    run(|| async {
+        let bus = PrivateBus::start();
+        let (_logind_conn, logind) = bus.serve_logind().await;
+        let server = Server::start(Flavor::Keel);
+        let store = server.client_url();
+        let h = host();
+        let logs = h.dir.path();
+        let payload = release_payload(&h);
+        // The health command never passes on 1.1.0; the updater gives up after 2 s.
+        let daemon = || {
+            let mut c = updater_daemon(&h);
+            c.args(["--health-timeout", "2s"]);
+            c
+        };
+        let mut upd = spawn(daemon(), &logs.join("updater.log"), &bus);
+        let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
+        let installed = updater(&h).arg("install").arg(&payload).output().unwrap();
+        assert!(installed.status.success());
+        let client = keel_locksmith::store::connect(&StoreOptions {
+            endpoints: vec![store.clone()],
+            ..StoreOptions::default()
+        })
+        .await
+        .unwrap();
+        let group = Group::new(client, "", "test");
+        const ID: &str = "5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b";
+        let mut reboots = 1;
+        let mut tries_of_b = 0;
+        loop {
+            wait_reboots(&logind, reboots, logs).await;
+            // Every reboot of this host happens while it holds the slot.
+            let view = group.view().await.unwrap();
+            assert!(view.semaphore.unwrap().value.holds(ID), "slot not held");
+            upd.start_kill().unwrap();
+            lsm.start_kill().unwrap();
+            let _ = upd.wait().await;
+            let _ = lsm.wait().await;
+            let slot = boot_again(&h, reboots as u32 + 1);
+            upd = spawn(daemon(), &logs.join("updater.log"), &bus);
+            lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
+            if slot == Slot::A {
+                break;
+            }
+            tries_of_b += 1;
+            assert!(tries_of_b <= 3, "USR-B booted more than its 3 tries");
+            reboots += 1;
+        }
+        assert_eq!(tries_of_b, 3, "USR-B gets exactly its 3 tries");
+
+        // Back on USR-A: the updater records the rollback, keel-locksmith records the
+        // failed update and releases the slot; no further reboot.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = group.view().await.unwrap();
+            if view.semaphore.unwrap().value.holders().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never released; locksmith log:\n{}",
+                std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let history = group.history(50).await.unwrap();
+        let failed = history
+            .iter()
+            .find(|e| serde_json::to_value(e.kind).unwrap() == "failed")
+            .unwrap_or_else(|| panic!("no failure recorded: {history:?}"));
+        assert!(failed.detail.contains("1.1.0"), "{failed:?}");
+        let status = updater(&h).arg("status").output().unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(status.contains("rolled back: 1.1.0"), "{status}");
+        let env = BootState::load(&h.grubenv).unwrap().boot;
+        assert!(env.a.ok && !env.b.ok, "{env:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(logind.reboots.lock().unwrap().len(), 4, "1 + 3 tries");
         let _ = upd.start_kill();
         let _ = lsm.start_kill();
     });

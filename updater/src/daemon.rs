@@ -442,11 +442,26 @@ async fn settle_boot(shared: &Arc<Shared>, http: &reqwest::Client) {
             }
         },
         Err(problems) => {
-            tracing::error!(
-                ?problems,
-                "the booted slot is not healthy; leaving it unblessed (the next boot falls back once its tries are used)"
-            );
-            shared.set(op::ERROR, 0.0, "", 0).await;
+            // A freshly installed slot that fails its gate is rebooted (by keel-locksmith,
+            // which still holds the reboot slot) so the boot loader uses up its tries
+            // and falls back to the previous slot by itself.
+            match state.pending.as_ref().filter(|p| p.slot == booted) {
+                Some(p) => {
+                    tracing::error!(
+                        ?problems,
+                        version = p.version,
+                        "the booted update is not healthy; leaving it unblessed and asking for a reboot so the boot loader falls back once its tries are used"
+                    );
+                    shared.set(op::NEED_REBOOT, 0.0, &p.version, 0).await;
+                }
+                None => {
+                    tracing::error!(
+                        ?problems,
+                        "the booted slot is not healthy; leaving it unblessed"
+                    );
+                    shared.set(op::ERROR, 0.0, "", 0).await;
+                }
+            }
             shared
                 .report(
                     http,
