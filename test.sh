@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static libseccomp-dev pkg-config debootstrap qemu-system-x86 qemu-utils grub-pc-bin e2fsprogs openssh-client kmod binutils)
+APT_PACKAGES=(etcd-server etcd-client curl protobuf-compiler dbus genisoimage openssl dosfstools mtools grub-common gdisk busybox-static libseccomp-dev pkg-config debootstrap qemu-system-x86 qemu-utils grub-pc-bin e2fsprogs openssh-client kmod binutils iproute2)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -147,6 +147,7 @@ write_files:
     content: |
       CHECK_INTERVAL=10s
       HEALTH_GRACE=5s
+      HEALTH_TIMEOUT=30s
 coreos:
   update:
     server: http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}/v1/update/
@@ -230,4 +231,75 @@ fn vm_unbootable_update_falls_back_and_is_not_retried() {
         1,
         "downloaded again: {events:?}"
     );
+}
+
+#[test]
+fn vm_update_failing_its_health_gate_is_rebooted_until_grub_falls_back() {
+    // Issue 10 scenario 2, first case: a USR that boots but fails its health gate (its
+    // sshd is missing, so ssh.service fails and "no failed units" never holds).
+    let (bad, m4) = keel_tests::image::shared_image_with("1.3.0-nossh", &["usr/sbin/sshd"]);
+    let f = Fleet::start(
+        "unhealthy-1",
+        &bad.join(&m4.payload),
+        &m4.payload,
+        "1.3.0-nossh",
+    );
+    let (node, server, start) = (&f.node, &f.server, f.start);
+    let ctl = |args: &[&str]| keel_tests::image::locksmithctl(&f.store.client_url(), args);
+    let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
+    eprintln!(
+        "[{:>5.1}s] first boot: {first}",
+        start.elapsed().as_secs_f64()
+    );
+    // Install, reboot under the lock; each try of USR-B reaches userspace, fails the
+    // gate after 30 s and is rebooted by keel-locksmith (still holding the slot); then
+    // GRUB falls back to USR-A by itself.
+    let tries = keel_updater::boot::TRIES as usize;
+    let fallback = node
+        .wait_ready(2 + tries, Duration::from_secs(1500))
+        .unwrap();
+    eprintln!(
+        "[{:>5.1}s] after the tries: {fallback}",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(field(&fallback, "version"), Some("1.0.0"), "{fallback}");
+    assert_eq!(field(&fallback, "slot"), Some("A"), "{fallback}");
+    let console = node.console();
+    let b_ready = console
+        .lines()
+        .filter(|l| l.contains("keel-ready") && l.contains("version=1.3.0-nossh"))
+        .count();
+    assert_eq!(b_ready, tries, "USR-B booted {b_ready} times:\n{console}");
+    assert_eq!(node.launches() as usize, 2 + tries);
+    // The rollback is recorded and reported; keel-locksmith records the failed update
+    // and gives the slot back.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let v = f.updater_status();
+        let rolled = v["state"]["rolled_back"].to_string();
+        let status = ctl(&["status"]);
+        if rolled.contains("1.3.0-nossh")
+            && status.contains("Available: 1")
+            && server
+                .requests()
+                .iter()
+                .any(|r| r.contains("errorcode=\"44\""))
+        {
+            eprintln!(
+                "[{:>5.1}s] rolled back and released: {v}\n{status}",
+                start.elapsed().as_secs_f64()
+            );
+            assert_eq!(v["booted_slot"], "USR-A");
+            assert_eq!(v["next_boot"], "USR-A");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollback not recorded/released: {v}\n{status}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let history = ctl(&["history"]);
+    eprintln!("{history}");
+    assert!(history.contains("1.3.0-nossh"), "{history}");
 }
