@@ -14,8 +14,15 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Where test images and nodes live.
+/// Cargo's target dir: `$CARGO_TARGET_DIR`, else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
 pub fn test_dir() -> PathBuf {
-    workspace().join("target/keel-images-test")
+    target_dir().join("keel-images-test")
 }
 
 /// Builds (or reuses) the image of `version` from `target/release`; returns its
@@ -39,7 +46,7 @@ pub fn shared_image_with(version: &str, remove: &[&str]) -> (PathBuf, Manifest) 
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/cache/keel-images")),
         version.to_string(),
-        workspace().join("target/release"),
+        target_dir().join("release"),
     );
     opts.key = None;
     opts.remove = remove.iter().map(|s| s.to_string()).collect();

@@ -4,7 +4,7 @@
 //! unchanged rebuild answered from the manifest.
 
 use keel_images::build::{self, BuildOptions};
-use keel_tests::image::{shared_image, test_dir, workspace};
+use keel_tests::image::{shared_image, target_dir, test_dir};
 use keel_updater::boot::{BootEnv, Slot};
 use keel_updater::grubenv::GrubEnv;
 use keel_updater::payload::{Header, keys};
@@ -135,7 +135,7 @@ fn image_usr_is_reproducible_and_unchanged_rebuilds_are_skipped() {
                 .map(Into::into)
                 .unwrap_or_else(|| "/var/cache/keel-images".into()),
             "0.0.1-repro".into(),
-            workspace().join("target/release"),
+            target_dir().join("release"),
         );
         o.force = true;
         let m = build::build(&o).unwrap();
