@@ -44,7 +44,10 @@ pub(super) fn open(opts: EngineOptions) -> Result<(Engine, Recovery, super::Outb
             (state, conf, meta.index, meta.term)
         }
         None => {
-            if has_wal(&wal_dir) {
+            // A joining member may have written a hard state (a term it heard of)
+            // before its first snapshot arrived; a new cluster's members always start
+            // from their bootstrap snapshot.
+            if has_wal(&wal_dir) && matches!(opts.raft.bootstrap, Bootstrap::New(_)) {
                 return Err(EngineError::NoSnapshot(wal_dir));
             }
             match &opts.raft.bootstrap {
@@ -828,5 +831,40 @@ impl slog::Drain for TracingDrain {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_with_only_a_hard_state(dir: &std::path::Path) {
+        let (mut wal, _) = Wal::open(&dir.join("member/wal"), 0, Default::default()).unwrap();
+        let hs = wal::HardState {
+            term: 7,
+            vote: 0,
+            commit: 0,
+        };
+        wal.save(&[], Some(hs)).unwrap();
+    }
+
+    #[test]
+    fn a_joining_member_restarts_before_its_first_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        wal_with_only_a_hard_state(dir.path());
+        let mut opts = EngineOptions::new(dir.path());
+        opts.raft.bootstrap = Bootstrap::Existing;
+        let (engine, recovery, _outbox) = Engine::open(opts).unwrap();
+        assert_eq!(recovery.snapshot_index, 0);
+        assert_eq!(engine.status().term, 7);
+        engine.shutdown();
+    }
+
+    #[test]
+    fn a_new_clusters_member_without_its_bootstrap_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        wal_with_only_a_hard_state(dir.path());
+        let err = Engine::open(EngineOptions::new(dir.path())).unwrap_err();
+        assert!(matches!(err, EngineError::NoSnapshot(_)), "{err}");
     }
 }
