@@ -57,6 +57,40 @@ impl Fleet {
         }
     }
 
+    /// Poll the guest's updater status and the host store's reboot group (every 5 s,
+    /// up to 5 min) until `done(status, locksmith status)`; returns the updater status.
+    fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value, &str) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let v = self.updater_status();
+            let group = keel_tests::image::locksmithctl(&self.store.client_url(), &["status"]);
+            if done(&v, &group) {
+                eprintln!(
+                    "[{:>5.1}s] {what}: {v}\n{group}",
+                    self.start.elapsed().as_secs_f64()
+                );
+                return v;
+            }
+            assert!(Instant::now() < deadline, "not {what}: {v}\n{group}");
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+
+    /// The updater recorded the rollback of `version` and told the Omaha server
+    /// (error 44).
+    fn rollback_reported(&self, v: &serde_json::Value, version: &str) -> bool {
+        v["state"]["rolled_back"].to_string().contains(version)
+            && self
+                .server
+                .requests()
+                .iter()
+                .any(|r| r.contains("errorcode=\"44\""))
+    }
+
     /// `keel-updater status --json` in the guest.
     fn updater_status(&self) -> serde_json::Value {
         let status = self
@@ -96,26 +130,11 @@ fn vm_update_reboot_under_lock_and_bless() {
     assert_eq!(node.launches(), 2, "one reboot");
 
     // Health gate passes → USR-B blessed; the slot goes back to the store.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let v = f.updater_status();
-        let b_ok = v["slots"][1]["ok"] == true;
-        let free = ctl(&["status"]);
-        if b_ok && free.contains("Available: 1") {
-            eprintln!(
-                "[{:>5.1}s] blessed and released: {v}\n{free}",
-                start.elapsed().as_secs_f64()
-            );
-            assert_eq!(v["booted_slot"], "USR-B");
-            assert_eq!(v["next_boot"], "USR-B");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not blessed/released: {v}\n{free}"
-        );
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    let v = f.wait_until("blessed and released", |v, free| {
+        v["slots"][1]["ok"] == true && free.contains("Available: 1")
+    });
+    assert_eq!(v["booted_slot"], "USR-B");
+    assert_eq!(v["next_boot"], "USR-B");
     // Omaha saw the download start and finish, and the completed update after the reboot.
     let events = server.events();
     eprintln!("omaha events: {events:?}");
@@ -197,27 +216,11 @@ fn vm_unbootable_update_falls_back_and_is_not_retried() {
     assert_eq!(panics, tries, "expected a panic per try of USR-B");
     assert_eq!(node.launches() as usize, 2 + tries);
     // The updater records and reports the rollback, and does not install 1.2.0 again.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let v = f.updater_status();
-        let rolled = v["state"]["rolled_back"].to_string();
-        if rolled.contains("1.2.0-nosystemd")
-            && server
-                .requests()
-                .iter()
-                .any(|r| r.contains("errorcode=\"44\""))
-        {
-            eprintln!("[{:>5.1}s] rolled back: {v}", start.elapsed().as_secs_f64());
-            assert_eq!(v["booted_slot"], "USR-A");
-            assert_eq!(v["next_boot"], "USR-A");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollback not recorded/reported: {v}"
-        );
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    let v = f.wait_until("rolled back and reported", |v, _| {
+        f.rollback_reported(v, "1.2.0-nosystemd")
+    });
+    assert_eq!(v["booted_slot"], "USR-A");
+    assert_eq!(v["next_boot"], "USR-A");
     let checks_before = server.requests().len();
     std::thread::sleep(Duration::from_secs(40));
     let events = server.events();
@@ -244,7 +247,7 @@ fn vm_update_failing_its_health_gate_is_rebooted_until_grub_falls_back() {
         &m4.payload,
         "1.3.0-nossh",
     );
-    let (node, server, start) = (&f.node, &f.server, f.start);
+    let (node, start) = (&f.node, f.start);
     let ctl = |args: &[&str]| keel_tests::image::locksmithctl(&f.store.client_url(), args);
     let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
     eprintln!(
@@ -273,32 +276,11 @@ fn vm_update_failing_its_health_gate_is_rebooted_until_grub_falls_back() {
     assert_eq!(node.launches() as usize, 2 + tries);
     // The rollback is recorded and reported; keel-locksmith records the failed update
     // and gives the slot back.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let v = f.updater_status();
-        let rolled = v["state"]["rolled_back"].to_string();
-        let status = ctl(&["status"]);
-        if rolled.contains("1.3.0-nossh")
-            && status.contains("Available: 1")
-            && server
-                .requests()
-                .iter()
-                .any(|r| r.contains("errorcode=\"44\""))
-        {
-            eprintln!(
-                "[{:>5.1}s] rolled back and released: {v}\n{status}",
-                start.elapsed().as_secs_f64()
-            );
-            assert_eq!(v["booted_slot"], "USR-A");
-            assert_eq!(v["next_boot"], "USR-A");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollback not recorded/released: {v}\n{status}"
-        );
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    let v = f.wait_until("rolled back, reported and released", |v, free| {
+        f.rollback_reported(v, "1.3.0-nossh") && free.contains("Available: 1")
+    });
+    assert_eq!(v["booted_slot"], "USR-A");
+    assert_eq!(v["next_boot"], "USR-A");
     let history = ctl(&["history"]);
     eprintln!("{history}");
     assert!(history.contains("1.3.0-nossh"), "{history}");

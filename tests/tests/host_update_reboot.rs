@@ -214,34 +214,109 @@ async fn wait_reboots(logind: &keel_tests::dbus::LogindState, n: usize, logs: &P
     }
 }
 
-#[test]
-fn update_reboot_and_health_gated_release_across_both_agents() {
-    run(|| async {
+/// The reboot group in the test's store, seen as keel-locksmith sees it.
+async fn group_of(store: &str) -> Group {
+    let client = keel_locksmith::store::connect(&StoreOptions {
+        endpoints: vec![store.to_string()],
+        ..StoreOptions::default()
+    })
+    .await
+    .unwrap();
+    Group::new(client, "", "test")
+}
+
+/// Wait until nobody holds a slot of the group.
+async fn wait_released(group: &Group, logs: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = group.view().await.unwrap();
+        if view.semaphore.unwrap().value.holders().is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never released; updater log:\n{}\nlocksmith log:\n{}",
+            std::fs::read_to_string(logs.join("updater.log")).unwrap_or_default(),
+            std::fs::read_to_string(logs.join("locksmith.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What both scenarios start from: a private bus with fake logind, a keel-store, a
+/// host on USR-A with 1.0.0, and a signed 1.1.0 payload.
+struct Scene {
+    bus: PrivateBus,
+    _logind_conn: zbus::Connection,
+    logind: std::sync::Arc<keel_tests::dbus::LogindState>,
+    _server: Server,
+    store: String,
+    host: Host,
+    payload: PathBuf,
+}
+
+type Child = tokio::process::Child;
+
+impl Scene {
+    /// Start both agents on the host (the updater with `updater_args` added).
+    fn agents(&self, updater_args: &[&str]) -> (Child, Child) {
+        let logs = self.host.dir.path();
+        let mut u = updater_daemon(&self.host);
+        u.args(updater_args);
+        (
+            spawn(u, &logs.join("updater.log"), &self.bus),
+            spawn(
+                locksmith(&self.host, &self.store),
+                &logs.join("locksmith.log"),
+                &self.bus,
+            ),
+        )
+    }
+
+    /// `keel-updater install` of the 1.1.0 payload.
+    fn install(&self) {
+        let out = updater(&self.host)
+            .arg("install")
+            .arg(&self.payload)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn start() -> Scene {
         let bus = PrivateBus::start();
         let (_logind_conn, logind) = bus.serve_logind().await;
         let server = Server::start(Flavor::Keel);
-        let store = server.client_url();
-        let h = host();
+        let host = host();
+        let payload = release_payload(&host);
+        Scene {
+            bus,
+            _logind_conn,
+            logind,
+            store: server.client_url(),
+            _server: server,
+            host,
+            payload,
+        }
+    }
+}
+
+#[test]
+fn update_reboot_and_health_gated_release_across_both_agents() {
+    run(|| async {
+        let scene = Scene::start().await;
+        let (h, logind) = (&scene.host, &scene.logind);
         let logs = h.dir.path();
-        let payload = release_payload(&h);
-        let mut upd = spawn(updater_daemon(&h), &logs.join("updater.log"), &bus);
-        let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
-        let installed = updater(&h).arg("install").arg(&payload).output().unwrap();
-        assert!(
-            installed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&installed.stderr)
-        );
+        let (mut upd, mut lsm) = scene.agents(&[]);
+        scene.install();
 
         // keel-locksmith reboots the host once, holding a slot for target 1.1.0.
-        let client = keel_locksmith::store::connect(&StoreOptions {
-            endpoints: vec![store.clone()],
-            ..StoreOptions::default()
-        })
-        .await
-        .unwrap();
-        let group = Group::new(client, "", "test");
-        wait_reboots(&logind, 1, logs).await;
+        let group = group_of(&scene.store).await;
+        wait_reboots(logind, 1, logs).await;
         let view = group.view().await.unwrap();
         let holder = &view
             .holder("5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b")
@@ -258,9 +333,8 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
         lsm.start_kill().unwrap();
         let _ = upd.wait().await;
         let _ = lsm.wait().await;
-        assert_eq!(boot_again(&h, 2), Slot::B);
-        let mut upd = spawn(updater_daemon(&h), &logs.join("updater.log"), &bus);
-        let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
+        assert_eq!(boot_again(h, 2), Slot::B);
+        let (mut upd, mut lsm) = scene.agents(&[]);
 
         // Not healthy yet: the slot stays held.
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -275,20 +349,7 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
         );
         // Healthy: the updater blesses USR-B, keel-locksmith releases.
         write(&h.root.join("run/healthy"), "");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let view = group.view().await.unwrap();
-            if view.semaphore.unwrap().value.holders().is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never released; updater log:\n{}\nlocksmith log:\n{}",
-                std::fs::read_to_string(logs.join("updater.log")).unwrap(),
-                std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_released(&group, logs).await;
         let env = BootState::load(&h.grubenv).unwrap().boot;
         assert!(
             env.b.ok && env.order[0] == keel_updater::boot::Slot::B,
@@ -317,35 +378,19 @@ fn update_reboot_and_health_gated_release_across_both_agents() {
 #[test]
 fn an_update_that_fails_its_health_gate_is_rebooted_until_grub_falls_back() {
     run(|| async {
-        let bus = PrivateBus::start();
-        let (_logind_conn, logind) = bus.serve_logind().await;
-        let server = Server::start(Flavor::Keel);
-        let store = server.client_url();
-        let h = host();
+        let scene = Scene::start().await;
+        let (h, logind) = (&scene.host, &scene.logind);
         let logs = h.dir.path();
-        let payload = release_payload(&h);
         // The health command never passes on 1.1.0; the updater gives up after 2 s.
-        let daemon = || {
-            let mut c = updater_daemon(&h);
-            c.args(["--health-timeout", "2s"]);
-            c
-        };
-        let mut upd = spawn(daemon(), &logs.join("updater.log"), &bus);
-        let mut lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
-        let installed = updater(&h).arg("install").arg(&payload).output().unwrap();
-        assert!(installed.status.success());
-        let client = keel_locksmith::store::connect(&StoreOptions {
-            endpoints: vec![store.clone()],
-            ..StoreOptions::default()
-        })
-        .await
-        .unwrap();
-        let group = Group::new(client, "", "test");
+        const GATE: &[&str] = &["--health-timeout", "2s"];
+        let (mut upd, mut lsm) = scene.agents(GATE);
+        scene.install();
+        let group = group_of(&scene.store).await;
         const ID: &str = "5e1f0c3a9b7d4e2f8a6c1b3d5e7f9a0b";
         let mut reboots = 1;
         let mut tries_of_b = 0;
         loop {
-            wait_reboots(&logind, reboots, logs).await;
+            wait_reboots(logind, reboots, logs).await;
             // Every reboot of this host happens while it holds the slot.
             let view = group.view().await.unwrap();
             assert!(view.semaphore.unwrap().value.holds(ID), "slot not held");
@@ -353,9 +398,8 @@ fn an_update_that_fails_its_health_gate_is_rebooted_until_grub_falls_back() {
             lsm.start_kill().unwrap();
             let _ = upd.wait().await;
             let _ = lsm.wait().await;
-            let slot = boot_again(&h, reboots as u32 + 1);
-            upd = spawn(daemon(), &logs.join("updater.log"), &bus);
-            lsm = spawn(locksmith(&h, &store), &logs.join("locksmith.log"), &bus);
+            let slot = boot_again(h, reboots as u32 + 1);
+            (upd, lsm) = scene.agents(GATE);
             if slot == Slot::A {
                 break;
             }
@@ -367,26 +411,14 @@ fn an_update_that_fails_its_health_gate_is_rebooted_until_grub_falls_back() {
 
         // Back on USR-A: the updater records the rollback, keel-locksmith records the
         // failed update and releases the slot; no further reboot.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let view = group.view().await.unwrap();
-            if view.semaphore.unwrap().value.holders().is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never released; locksmith log:\n{}",
-                std::fs::read_to_string(logs.join("locksmith.log")).unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_released(&group, logs).await;
         let history = group.history(50).await.unwrap();
         let failed = history
             .iter()
             .find(|e| serde_json::to_value(e.kind).unwrap() == "failed")
             .unwrap_or_else(|| panic!("no failure recorded: {history:?}"));
         assert!(failed.detail.contains("1.1.0"), "{failed:?}");
-        let status = updater(&h).arg("status").output().unwrap();
+        let status = updater(h).arg("status").output().unwrap();
         let status = String::from_utf8_lossy(&status.stdout);
         assert!(status.contains("rolled back: 1.1.0"), "{status}");
         let env = BootState::load(&h.grubenv).unwrap().boot;
