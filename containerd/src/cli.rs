@@ -325,7 +325,19 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
                 });
                 let dir = g.store.join("containers").join(&id);
                 if dir.exists() {
-                    anyhow::bail!("{} already exists", dir.display());
+                    if crate::state::Saved::load(root, &id).is_ok() {
+                        anyhow::bail!(
+                            "container {id} already exists (keel-containerd delete --force {id})"
+                        );
+                    }
+                    // Left by a run that never finished (the host went down, or the
+                    // runtime was killed): its container is gone with the state.
+                    eprintln!(
+                        "keel-containerd: removing {} left by an earlier run of {id}",
+                        dir.display()
+                    );
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("remove {}", dir.display()))?;
                 }
                 let opts = crate::image::RunImage {
                     cpu: r.cpu.clone(),

@@ -5,6 +5,7 @@ use crate::cgroups::{self, Layout};
 use crate::linux;
 use crate::spec::Bundle;
 use crate::state::{EXEC_FIFO, Saved, StateError, Status};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -277,24 +278,72 @@ pub fn run(
         })?;
     }
     let saved = create(root, id, bundle, pid_file, console_socket)?;
-    if let Err(e) = start(root, id) {
-        let _ = delete(root, id, true);
-        return Err(e);
-    }
     if detach {
+        if let Err(e) = start(root, id) {
+            let _ = delete(root, id, true);
+            return Err(e);
+        }
         return Ok(0);
     }
-    let code = loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(saved.pid), None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break 255,
+    // From here on the signals an operator or systemd sends the runtime go to the
+    // container's init (as `runc run` relays them), and SIGCHLD is taken synchronously
+    // so its exit cannot be missed. The init was forked with the old mask.
+    let mut waited = SigSet::empty();
+    for s in FORWARDED {
+        waited.add(s);
+    }
+    waited.add(Signal::SIGCHLD);
+    let mut old = SigSet::empty();
+    let blocked = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited), Some(&mut old));
+    let code = match start(root, id) {
+        Ok(()) => Ok(wait_forwarding(saved.pid, &waited)),
+        Err(e) => Err(e),
+    };
+    if blocked.is_ok() {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    let code = match code {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = delete(root, id, true);
+            return Err(e);
         }
     };
     delete(root, id, true)?;
     Ok(code)
+}
+
+/// Signals `run` relays to the container's init.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Waits for the init (`pid`, our child as subreaper) to end, relaying every signal of
+/// `waited` but SIGCHLD to it and reaping orphans on the way; returns its exit code
+/// (128+N when killed by signal N).
+fn wait_forwarding(pid: i32, waited: &SigSet) -> i32 {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let init = nix::unistd::Pid::from_raw(pid);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, c)) if p == init => return c,
+            Ok(WaitStatus::Signaled(p, s, _)) if p == init => return 128 + s as i32,
+            Ok(WaitStatus::StillAlive) => match waited.wait() {
+                Ok(Signal::SIGCHLD) | Err(_) => {}
+                Ok(sig) => {
+                    let _ = nix::sys::signal::kill(init, sig);
+                }
+            },
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 255,
+        }
+    }
 }
 
 /// Loads `id` and checks its status is one of `allowed` (named in the error as `wanted`).

@@ -258,6 +258,79 @@ fn import_oci_layout_and_run_with_whiteouts_and_limits() {
 }
 
 #[test]
+fn run_relays_signals_and_replaces_what_an_unfinished_run_left() {
+    let e = Env::new();
+    let layout = e.path("layout");
+    oci_layout(&layout, &layers());
+    assert!(
+        e.rt(&["image", "import", layout.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // A run that never finished (the host lost power) left its bundle but no state.
+    std::fs::create_dir_all(e.path("store/containers/app/rootfs")).unwrap();
+    let child = Command::new(BIN)
+        .arg("--root")
+        .arg(e.path("state"))
+        .arg("--store")
+        .arg(e.path("store"))
+        .args([
+            "run",
+            "--name",
+            "app",
+            "demo:1",
+            "--",
+            "trap 'echo got TERM; exit 3' TERM; touch /app/up; while :; do busybox sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running, with its trap in place (it touches a file in its rootfs after the trap).
+    let up = e.path("store/containers/app/rootfs/app/up");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !up.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // systemd stopping the unit signals the runtime: the container's init gets it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got TERM\n");
+    assert!(
+        text(&out.stderr).contains("left by an earlier run of app"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!e.path("store/containers/app").exists());
+    // A name whose container still lives is refused, not replaced.
+    assert!(e.rt_detached(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        "demo:1",
+        "--",
+        "busybox sleep 20"
+    ]));
+    let out = e.rt(&["run", "--name", "live", "demo:1", "--", "true"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("container live already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(e.rt(&["delete", "-f", "live"]).status.success());
+}
+
+#[test]
 fn tampered_layer_and_signatures_are_refused() {
     let e = Env::new();
     let layout = e.path("layout");
