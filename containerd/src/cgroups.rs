@@ -21,6 +21,8 @@ pub enum CgroupError {
     NoCgroups(String),
     #[error("{path}: still has processes after kill")]
     Busy { path: PathBuf },
+    #[error("linux.resources.blockIO.{field}: {why}")]
+    BlockIo { field: &'static str, why: String },
 }
 
 /// One mounted hierarchy.
@@ -360,6 +362,175 @@ pub fn apply(layout: &Layout, rel: &Path, r: &LinuxResources) -> Result<(), Cgro
             }
         }
     }
+    if let Some(b) = r.block_io() {
+        apply_block_io(layout, rel, b)?;
+    }
+    if let Some(rules) = r.devices()
+        && let Some((dir, false)) = layout.dir_for("devices", rel)
+    {
+        for (allow, line) in device_rules(rules) {
+            let file = if allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            write(&dir.join(file), &line)?;
+        }
+    }
+    Ok(())
+}
+
+/// Devices every container may use whatever its rules say, as runc allows them: the
+/// default device nodes, ptys, and `mknod` of any node (using one is what is checked).
+const ALWAYS_ALLOWED: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
+
+/// `linux.resources.devices` as v1 device-controller writes, in order, then the devices
+/// always allowed: `(allow, "TYPE MAJOR:MINOR ACCESS")`; a rule for every device ("a")
+/// is the bare `a` that resets the list.
+pub fn device_rules(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    for r in rules {
+        let t = r
+            .typ()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_else(|| "a".into());
+        let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
+        let access = r.access().clone().unwrap_or_else(|| "rwm".into());
+        let everything = t == "a" && r.major().is_none() && r.minor().is_none() && access == "rwm";
+        let line = if everything {
+            "a".to_string()
+        } else {
+            format!("{t} {}:{} {access}", num(r.major()), num(r.minor()))
+        };
+        out.push((r.allow(), line));
+    }
+    out.extend(ALWAYS_ALLOWED.iter().map(|l| (true, l.to_string())));
+    out
+}
+
+/// blkio weight (10–1000) to io.weight (1–10000), as runc converts.
+pub fn blkio_weight_to_io(weight: u16) -> u64 {
+    1 + (u64::from(weight.max(10)) - 10) * 9999 / 990
+}
+
+/// Block I/O: weights and throttles. v1 writes `blkio.{bfq.,}weight`,
+/// `blkio.{bfq.,}weight_device` and `blkio.throttle.*_device` (`MAJ:MIN VALUE` each);
+/// v2 writes `io.bfq.weight` (1–1000) where BFQ is active, else `io.weight`
+/// (converted), and one `io.max` line per device.
+fn apply_block_io(
+    layout: &Layout,
+    rel: &Path,
+    b: &oci_spec::runtime::LinuxBlockIo,
+) -> Result<(), CgroupError> {
+    let throttles = [
+        ("rbps", "read_bps_device", b.throttle_read_bps_device()),
+        ("wbps", "write_bps_device", b.throttle_write_bps_device()),
+        ("riops", "read_iops_device", b.throttle_read_iops_device()),
+        ("wiops", "write_iops_device", b.throttle_write_iops_device()),
+    ];
+    let wants_weight = b.weight().is_some() || b.weight_device().is_some();
+    let wants_throttle = throttles.iter().any(|(_, _, t)| t.is_some());
+    if !wants_weight && !wants_throttle {
+        return Ok(());
+    }
+    let (dir, v2) = match layout.dir_for("blkio", rel) {
+        Some(d) => d,
+        None => layout
+            .dir_for("io", rel)
+            .ok_or_else(|| CgroupError::BlockIo {
+                field: if wants_weight {
+                    "weight"
+                } else {
+                    "throttleReadBpsDevice"
+                },
+                why: "no blkio (v1) or io (v2) controller on this host".into(),
+            })?,
+    };
+    if v2 {
+        let bfq = dir.join("io.bfq.weight").exists();
+        let (file, prefix) = if bfq {
+            ("io.bfq.weight", "")
+        } else {
+            ("io.weight", "default ")
+        };
+        let convert = |w: u16| {
+            if bfq {
+                u64::from(w)
+            } else {
+                blkio_weight_to_io(w)
+            }
+        };
+        if let Some(w) = b.weight() {
+            write(&dir.join(file), &format!("{prefix}{}", convert(w)))?;
+        }
+        for d in b.weight_device().iter().flatten() {
+            if let Some(w) = d.weight() {
+                write(
+                    &dir.join(file),
+                    &format!("{}:{} {}", d.major(), d.minor(), convert(w)),
+                )?;
+            }
+        }
+        let mut lines: std::collections::BTreeMap<(i64, i64), Vec<String>> = Default::default();
+        for (key, _, list) in &throttles {
+            for t in list.iter().flatten() {
+                lines
+                    .entry((t.major(), t.minor()))
+                    .or_default()
+                    .push(format!("{key}={}", t.rate()));
+            }
+        }
+        for ((major, minor), limits) in lines {
+            write(
+                &dir.join("io.max"),
+                &format!("{major}:{minor} {}", limits.join(" ")),
+            )?;
+        }
+    } else {
+        if wants_weight {
+            let file = ["blkio.bfq.weight", "blkio.weight"]
+                .into_iter()
+                .find(|f| dir.join(f).exists())
+                .ok_or_else(|| CgroupError::BlockIo {
+                    field: "weight",
+                    why: format!(
+                        "{} has neither blkio.weight nor blkio.bfq.weight (no proportional I/O scheduler on this host)",
+                        dir.display()
+                    ),
+                })?;
+            if let Some(w) = b.weight() {
+                write(&dir.join(file), &w.to_string())?;
+            }
+            for d in b.weight_device().iter().flatten() {
+                if let Some(w) = d.weight() {
+                    write(
+                        &dir.join(format!("{file}_device")),
+                        &format!("{}:{} {w}", d.major(), d.minor()),
+                    )?;
+                }
+            }
+        }
+        for (_, file, list) in &throttles {
+            for t in list.iter().flatten() {
+                write(
+                    &dir.join(format!("blkio.throttle.{file}")),
+                    &format!("{}:{} {}", t.major(), t.minor(), t.rate()),
+                )?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -550,6 +721,61 @@ mod tests {
         assert!(l.v2().is_some());
         let v2 = Layout::parse("40 1 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n");
         assert!(!v2.has_v1() && v2.v2().is_some());
+    }
+
+    /// A pure-v2 layout whose hierarchy is a temp dir offering `io`.
+    fn fake_v2(bfq: bool) -> (tempfile::TempDir, Layout) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        let leaf = d.path().join("keel/c");
+        std::fs::create_dir_all(&leaf).unwrap();
+        if bfq {
+            std::fs::write(leaf.join("io.bfq.weight"), "default 100\n").unwrap();
+        }
+        let mountinfo = format!(
+            "40 1 0:30 / {} rw,nosuid - cgroup2 cgroup2 rw\n",
+            d.path().display()
+        );
+        (d, Layout::parse(&mountinfo))
+    }
+
+    fn block_io(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(serde_json::json!({ "blockIO": v })).unwrap()
+    }
+
+    #[test]
+    fn block_io_on_v2_writes_io_weight_and_one_io_max_line_per_device() {
+        let (d, l) = fake_v2(false);
+        let r = block_io(serde_json::json!({
+            "weight": 500,
+            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 100}]
+        }));
+        apply(&l, Path::new("keel/c"), &r).unwrap();
+        let leaf = d.path().join("keel/c");
+        let read = |f: &str| std::fs::read_to_string(leaf.join(f)).unwrap();
+        assert_eq!(
+            read("io.weight"),
+            format!("default {}", blkio_weight_to_io(500))
+        );
+        assert_eq!(read("io.max"), "8:0 rbps=1048576 wiops=100");
+        // With BFQ the weight goes to io.bfq.weight unconverted.
+        let (d, l) = fake_v2(true);
+        apply(
+            &l,
+            Path::new("keel/c"),
+            &block_io(serde_json::json!({"weight": 500})),
+        )
+        .unwrap();
+        let bfq = std::fs::read_to_string(d.path().join("keel/c/io.bfq.weight")).unwrap();
+        assert_eq!(bfq, "500");
+    }
+
+    #[test]
+    fn blkio_weights_convert_like_runc() {
+        assert_eq!(blkio_weight_to_io(10), 1);
+        assert_eq!(blkio_weight_to_io(1000), 10000);
+        assert_eq!(blkio_weight_to_io(500), 4950);
     }
 
     #[test]

@@ -574,6 +574,20 @@ pub fn write_default_spec(bundle: &Path, rootless: bool) -> anyhow::Result<()> {
         anyhow::bail!("{} already exists", path.display());
     }
     let mut spec = oci_spec::runtime::Spec::default();
+    // As runc's: every device denied but the defaults the runtime always allows.
+    spec.set_linux(spec.linux().clone().map(|mut l| {
+        let deny_all = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .ok();
+        let resources = oci_spec::runtime::LinuxResourcesBuilder::default()
+            .devices(deny_all.into_iter().collect::<Vec<_>>())
+            .build()
+            .ok();
+        l.set_resources(resources);
+        l
+    }));
     if rootless {
         spec.set_linux(spec.linux().clone().map(|mut l| {
             let mut ns = l.namespaces().clone().unwrap_or_default();

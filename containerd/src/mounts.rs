@@ -132,7 +132,8 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
     let source = m.source().as_deref();
     if bind {
         let source = source.unwrap_or(Path::new(""));
-        ensure_target(&target, source.is_file())?;
+        // Anything but a directory (a file, a device node, a socket) binds onto a file.
+        ensure_target(&target, source.exists() && !source.is_dir())?;
         mnt(
             Some(source),
             &target,
@@ -229,7 +230,55 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), MountError> {
     for m in spec.mounts().as_deref().unwrap_or_default() {
         mount_one(rootfs, m)?;
     }
-    default_devices(rootfs)
+    default_devices(rootfs)?;
+    spec_devices(spec, rootfs)
+}
+
+/// `linux.devices`: device nodes made with `mknod` (mode, owner), or, inside a user
+/// namespace where `mknod` is refused, the host's node at the same path bind-mounted.
+fn spec_devices(spec: &Spec, rootfs: &Path) -> Result<(), MountError> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType};
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    for d in linux.devices().iter().flatten() {
+        let target = in_root(rootfs, d.path());
+        let io = |op: &'static str| {
+            let path = target.clone();
+            move |source: std::io::Error| MountError::Io { path, op, source }
+        };
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create the parent of"))?;
+        }
+        if target.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&target).map_err(io("replace"))?;
+        }
+        if userns {
+            ensure_target(&target, true)?;
+            mnt(Some(d.path()), &target, None, MsFlags::MS_BIND, None)?;
+            continue;
+        }
+        let kind = match d.typ() {
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            _ => SFlag::S_IFCHR,
+        };
+        let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
+        let dev = makedev(d.major() as u64, d.minor() as u64);
+        mknod(&target, kind, Mode::from_bits_truncate(mode), dev)
+            .map_err(|e| io("mknod")(e.into()))?;
+        // mknod's mode went through the umask.
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(io("chmod"))?;
+        std::os::unix::fs::lchown(&target, d.uid(), d.gid()).map_err(io("chown"))?;
+    }
+    Ok(())
 }
 
 fn default_devices(rootfs: &Path) -> Result<(), MountError> {

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug)]
@@ -15,6 +16,12 @@ struct Shared {
     /// Base URL of `/payload/` as the guest reaches it.
     base: String,
     requests: Mutex<Vec<String>>,
+    /// First byte of every payload request (0 without a Range header).
+    ranges: Mutex<Vec<u64>>,
+    /// Payload bytes handed to connections so far.
+    sent: AtomicU64,
+    /// Payload bytes per second per request; 0 = unlimited.
+    rate: AtomicU64,
 }
 
 /// A running server (stops when dropped).
@@ -35,6 +42,9 @@ impl UpdateServer {
             version: version.into(),
             base: format!("{guest_base}/payload/"),
             requests: Mutex::default(),
+            ranges: Mutex::default(),
+            sent: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -61,6 +71,26 @@ impl UpdateServer {
     pub fn requests(&self) -> Vec<String> {
         self.shared
             .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Limits payload transfers to `bytes_per_second` each (0 = unlimited); applies to
+    /// transfers already under way.
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.shared.rate.store(bytes_per_second, Ordering::SeqCst);
+    }
+
+    /// Payload bytes sent so far (over every request).
+    pub fn sent(&self) -> u64 {
+        self.shared.sent.load(Ordering::SeqCst)
+    }
+
+    /// The first byte asked for by each payload request so far, in order.
+    pub fn ranges(&self) -> Vec<u64> {
+        self.shared
+            .ranges
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -127,16 +157,44 @@ async fn payload_get(
             };
             (start <= end && start < total).then_some((start, end.min(total - 1)))
         });
-    match range {
-        Some((a, b)) => Response::builder()
+    let (a, b) = range.unwrap_or((0, total.saturating_sub(1)));
+    s.ranges.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+    let builder = match range {
+        Some(_) => Response::builder()
             .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{total}"))
-            .header(header::CONTENT_LENGTH, b - a + 1)
-            .body(Body::from(s.payload[a as usize..=b as usize].to_vec()))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
-        None => Response::builder()
-            .header(header::CONTENT_LENGTH, total)
-            .body(Body::from(s.payload.clone()))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
-    }
+            .header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{total}")),
+        None => Response::builder(),
+    };
+    builder
+        .header(header::CONTENT_LENGTH, b - a + 1)
+        .body(Body::from_stream(throttled(s.clone(), a, b + 1)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `payload[from..to]` in 64 KiB pieces, paced by the server's current rate.
+fn throttled(
+    s: Arc<Shared>,
+    from: u64,
+    to: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    const PIECE: u64 = 64 << 10;
+    futures_util::stream::unfold(from, move |at| {
+        let s = s.clone();
+        async move {
+            if at >= to {
+                return None;
+            }
+            let end = (at + PIECE).min(to);
+            let rate = s.rate.load(Ordering::SeqCst);
+            if rate > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(
+                    (end - at) as f64 / rate as f64,
+                ))
+                .await;
+            }
+            s.sent.fetch_add(end - at, Ordering::SeqCst);
+            let piece = bytes::Bytes::copy_from_slice(&s.payload[at as usize..end as usize]);
+            Some((Ok(piece), end))
+        }
+    })
 }

@@ -3,114 +3,22 @@
 //! keel-locksmith's etcd-lock (the semaphore in a keel-store on the host), comes up on
 //! USR-B, passes its health gate, is blessed, and gives the slot back.
 
-use keel_images::qemu::{HOST_ALIAS, Node, NodeOptions, ensure_ssh_key};
-use keel_tests::image::{node_dir, shared_image};
-use keel_tests::update_server::UpdateServer;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-const OMAHA_GUEST_PORT: u16 = 8080;
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-}
-
-/// One node on image 1.0.0, a keel-store and an Omaha server offering `payload` on the
-/// host, both reachable from the guest.
-struct Fleet {
-    node: Node,
-    server: UpdateServer,
-    store: keel_tests::Server,
-    start: Instant,
-}
-
-impl Fleet {
-    fn start(name: &str, payload: &Path, payload_name: &str, version: &str) -> Fleet {
-        let (image, m1) = shared_image("1.0.0");
-        let store = keel_tests::Server::start(keel_tests::Flavor::Keel);
-        let server = UpdateServer::start(
-            std::fs::read(payload).unwrap(),
-            payload_name,
-            version,
-            &format!("http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}"),
-        );
-        let dir = node_dir(name);
-        let (_, key) = ensure_ssh_key(&dir).unwrap();
-        let cc = dir.join("cloud-config.yml");
-        std::fs::write(&cc, update_cloud_config(name, &key)).unwrap();
-        let mut o = NodeOptions::new(name, &image.join(&m1.disk), &dir);
-        o.cloud_config = Some(cc);
-        o.relay = Some(keel_tests::server::workspace_bin(
-            "keel-images",
-            "KEEL_IMAGES_BIN",
-        ));
-        o.guest_forwards.push((2379, store.addr().port()));
-        o.guest_forwards.push((OMAHA_GUEST_PORT, server.port));
-        let start = Instant::now();
-        let node = Node::start(o).unwrap();
-        Fleet {
-            node,
-            server,
-            store,
-            start,
-        }
-    }
-
-    /// Poll the guest's updater status and the host store's reboot group (every 5 s,
-    /// up to 5 min) until `done(status, locksmith status)`; returns the updater status.
-    fn wait_until(
-        &self,
-        what: &str,
-        done: impl Fn(&serde_json::Value, &str) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let v = self.updater_status();
-            let group = keel_tests::image::locksmithctl(&self.store.client_url(), &["status"]);
-            if done(&v, &group) {
-                eprintln!(
-                    "[{:>5.1}s] {what}: {v}\n{group}",
-                    self.start.elapsed().as_secs_f64()
-                );
-                return v;
-            }
-            assert!(Instant::now() < deadline, "not {what}: {v}\n{group}");
-            std::thread::sleep(Duration::from_secs(5));
-        }
-    }
-
-    /// The updater recorded the rollback of `version` and told the Omaha server
-    /// (error 44).
-    fn rollback_reported(&self, v: &serde_json::Value, version: &str) -> bool {
-        v["state"]["rolled_back"].to_string().contains(version)
-            && self
-                .server
-                .requests()
-                .iter()
-                .any(|r| r.contains("errorcode=\"44\""))
-    }
-
-    /// `keel-updater status --json` in the guest.
-    fn updater_status(&self) -> serde_json::Value {
-        let status = self
-            .node
-            .ssh_ok(
-                "root",
-                "keel-updater status --json",
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        serde_json::from_str(&status).unwrap()
-    }
-}
+use keel_tests::fleet::{Extra, Fleet, field};
+use keel_tests::image::shared_image;
+use std::time::Duration;
 
 #[test]
 fn vm_update_reboot_under_lock_and_bless() {
     let (next, m2) = shared_image("1.1.0");
-    let f = Fleet::start("update-1", &next.join(&m2.payload), &m2.payload, "1.1.0");
-    let (node, server, start) = (&f.node, &f.server, f.start);
-    let ctl = |args: &[&str]| keel_tests::image::locksmithctl(&f.store.client_url(), args);
+    let f = Fleet::start(
+        "update-1",
+        &next.join(&m2.payload),
+        &m2.payload,
+        "1.1.0",
+        &Extra::default(),
+    );
+    let (node, server, start) = (&f.node, f.server(), f.start);
+    let ctl = |args: &[&str]| f.services.locksmithctl(args);
     let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
     eprintln!(
         "[{:>5.1}s] first boot: {first}",
@@ -152,31 +60,6 @@ fn vm_update_reboot_under_lock_and_bless() {
     eprintln!("{history}");
 }
 
-/// The cloud-config of a node that checks every 10 s against the host's Omaha server
-/// and reboots under etcd-lock in the host's store.
-fn update_cloud_config(name: &str, key: &str) -> String {
-    format!(
-        r#"#cloud-config
-hostname: {name}
-users:
-  - name: root
-    ssh_authorized_keys: ["{key}"]
-write_files:
-  - path: /etc/keel/updater.d/50-test.conf
-    content: |
-      CHECK_INTERVAL=10s
-      HEALTH_GRACE=5s
-      HEALTH_TIMEOUT=30s
-coreos:
-  update:
-    server: http://{HOST_ALIAS}:{OMAHA_GUEST_PORT}/v1/update/
-    reboot-strategy: etcd-lock
-  locksmith:
-    endpoint: http://{HOST_ALIAS}:2379
-"#
-    )
-}
-
 #[test]
 fn vm_unbootable_update_falls_back_and_is_not_retried() {
     // Issue 10 scenario 2, second case: a USR that fails before userspace (no systemd).
@@ -187,8 +70,9 @@ fn vm_unbootable_update_falls_back_and_is_not_retried() {
         &bad.join(&m3.payload),
         &m3.payload,
         "1.2.0-nosystemd",
+        &Extra::default(),
     );
-    let (node, server, start) = (&f.node, &f.server, f.start);
+    let (node, server, start) = (&f.node, f.server(), f.start);
     let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
     eprintln!(
         "[{:>5.1}s] first boot: {first}",
@@ -246,9 +130,10 @@ fn vm_update_failing_its_health_gate_is_rebooted_until_grub_falls_back() {
         &bad.join(&m4.payload),
         &m4.payload,
         "1.3.0-nossh",
+        &Extra::default(),
     );
     let (node, start) = (&f.node, f.start);
-    let ctl = |args: &[&str]| keel_tests::image::locksmithctl(&f.store.client_url(), args);
+    let ctl = |args: &[&str]| f.services.locksmithctl(args);
     let first = node.wait_ready(1, Duration::from_secs(480)).unwrap();
     eprintln!(
         "[{:>5.1}s] first boot: {first}",
@@ -284,4 +169,236 @@ fn vm_update_failing_its_health_gate_is_rebooted_until_grub_falls_back() {
     let history = ctl(&["history"]);
     eprintln!("{history}");
     assert!(history.contains("1.3.0-nossh"), "{history}");
+}
+
+#[test]
+fn vm_power_loss_mid_install_resumes_and_a_container_app_survives_reboots_and_the_update() {
+    // Issue 10 scenarios 4 and 5: a cloud-config unit runs an app in a keel-containerd
+    // container with `--memory=64M`; QEMU is killed while the updater writes USR-B.
+    let (next, m2) = shared_image("1.1.0");
+    let payload_len = std::fs::metadata(next.join(&m2.payload)).unwrap().len();
+    let mut f = Fleet::start(
+        "powerloss-1",
+        &next.join(&m2.payload),
+        &m2.payload,
+        "1.1.0",
+        &app_cloud_config(),
+    );
+    // The payload crawls (1 MiB/s) so the install is still writing when the power goes.
+    f.server().set_rate(1 << 20);
+    let first = f.node.wait_ready(1, Duration::from_secs(480)).unwrap();
+    f.log(&format!("first boot: {first}"));
+    assert_eq!(field(&first, "slot"), Some("A"), "{first}");
+    app_is_up_and_limited(&f, "on the first boot", true);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while f.server().sent() < 40 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the install never got going: {} bytes sent",
+            f.server().sent()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f.node.kill();
+    let sent = f.server().sent();
+    f.log(&format!(
+        "power off after {sent} of {payload_len} payload bytes"
+    ));
+    assert!(sent < payload_len, "the install had finished");
+    let asked_before = f.server().ranges().len();
+    f.server().set_rate(0);
+
+    // Power back: the old slot boots, the app comes back, the install resumes.
+    let mut o = f.node.options().clone();
+    o.fresh = false;
+    f.node = keel_images::qemu::Node::start(o).unwrap();
+    let second = f.node.wait_ready(2, Duration::from_secs(480)).unwrap();
+    f.log(&format!("boot after the power loss: {second}"));
+    assert_eq!(field(&second, "version"), Some("1.0.0"), "{second}");
+    assert_eq!(field(&second, "slot"), Some("A"), "{second}");
+    app_is_up_and_limited(&f, "after the power loss", false);
+
+    let third = f.node.wait_ready(3, Duration::from_secs(900)).unwrap();
+    f.log(&format!("boot after the update: {third}"));
+    assert_eq!(field(&third, "version"), Some("1.1.0"), "{third}");
+    assert_eq!(field(&third, "slot"), Some("B"), "{third}");
+    // Resumed, not restarted: after the header and manifest, the chunks are asked for
+    // from the last one synced before the power went (a multiple of 8 MiB in), and
+    // what was written before is not sent again.
+    let asked: Vec<u64> = f.server().ranges()[asked_before..].to_vec();
+    let again = f.server().sent() - sent;
+    eprintln!("payload requests after the power loss start at {asked:?}; {again} bytes sent");
+    let resumed_at = asked.iter().copied().max().unwrap_or(0);
+    assert!(
+        resumed_at >= 16 << 20 && again <= payload_len - (16 << 20),
+        "the install started over instead of resuming: {asked:?}, {again} bytes sent again"
+    );
+    let v = f.wait_until("blessed and released", |v, free| {
+        v["slots"][1]["ok"] == true && free.contains("Available: 1")
+    });
+    assert_eq!(v["booted_slot"], "USR-B");
+    app_is_up_and_limited(&f, "after the update", false);
+}
+
+/// Checks (retrying while the unit starts) that the app's container runs in its own
+/// cgroup v2 with `memory.max` = 64M; with `oom`, that an allocation beyond the limit
+/// inside it is killed by the kernel while the app lives on.
+fn app_is_up_and_limited(f: &Fleet, when: &str, oom: bool) {
+    let node = &f.node;
+    let state = wait_ssh(
+        node,
+        "keel-containerd state app",
+        |out| out.contains("\"running\""),
+        when,
+    );
+    let pid = serde_json::from_str::<serde_json::Value>(&state).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let cgroup = ssh(node, &format!("cat /proc/{pid}/cgroup"));
+    assert_eq!(cgroup.trim(), "0::/keel/app", "{when}: the app's cgroup");
+    let max = ssh(node, "cat /sys/fs/cgroup/keel/app/memory.max");
+    assert_eq!(max.trim(), "64000000", "{when}: memory.max");
+    if oom {
+        let out = ssh(
+            node,
+            "keel-containerd exec app /bin/busybox dd if=/dev/zero of=/dev/null bs=100M count=1; \
+             echo rc=$?; cat /sys/fs/cgroup/keel/app/memory.events",
+        );
+        eprintln!("{when}: 100M allocation in the app's container: {out}");
+        assert!(out.contains("rc=137"), "{when}: not killed: {out}");
+        assert!(!out.contains("oom_kill 0"), "{when}: no OOM kill: {out}");
+        let after = ssh(node, "keel-containerd state app");
+        assert!(
+            after.contains("\"running\""),
+            "{when}: the app died: {after}"
+        );
+    }
+    f.log(&format!("app {when}: running as pid {pid}, memory.max 64M"));
+}
+
+fn ssh(node: &keel_images::qemu::Node, command: &str) -> String {
+    node.ssh_ok("root", command, Duration::from_secs(120))
+        .unwrap()
+}
+
+/// Runs `command` in the guest every 2 s (up to 3 min) until `done(stdout)`.
+fn wait_ssh(
+    node: &keel_images::qemu::Node,
+    command: &str,
+    done: impl Fn(&str) -> bool,
+    when: &str,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = node.ssh("root", command).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{when}: {command}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// A unit (applied on every boot) that imports a busybox image and runs it with
+/// `keel-containerd run --memory=64M`.
+fn app_cloud_config() -> Extra {
+    use base64::Engine;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&busybox_image_tar()).unwrap();
+    let image = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+    Extra {
+        files: format!(
+            "  - path: /var/lib/keel-app/app.tar\n    encoding: gzip+base64\n    content: {image}\n"
+        ),
+        coreos: r#"  units:
+    - name: keel-app.service
+      command: start
+      content: |
+        [Unit]
+        Description=An app in a keel-containerd container
+        [Service]
+        ExecStartPre=/usr/bin/keel-containerd image import /var/lib/keel-app/app.tar --name app:1
+        ExecStart=/usr/bin/keel-containerd run --name app --memory=64M app:1 -- "trap 'exit 0' TERM; echo app up; while :; do busybox sleep 1; done"
+        Restart=always
+        TimeoutStopSec=15
+"#
+        .into(),
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(b);
+    format!(
+        "sha256:{}",
+        d.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// An OCI image layout (as a tar) of one layer: static busybox as `/bin/sh`.
+fn busybox_image_tar() -> Vec<u8> {
+    fn tar(entries: &[(&str, &[u8], u32)], links: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        for (path, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            h.set_cksum();
+            b.append_link(&mut h, path, target).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let layer = tar(
+        &[("bin/busybox", &busybox, 0o755)],
+        &[("bin/sh", "busybox")],
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh", "-c"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}]
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(&manifest), "size": manifest.len()}]
+    })
+    .to_string();
+    let blob = |b: &[u8]| format!("blobs/{}", sha256(b).replace(':', "/"));
+    let (lp, cp, mp) = (blob(&layer), blob(&config), blob(&manifest));
+    tar(
+        &[
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644),
+            ("index.json", index.as_bytes(), 0o644),
+            (&lp, &layer, 0o644),
+            (&cp, &config, 0o644),
+            (&mp, &manifest, 0o644),
+        ],
+        &[],
+    )
 }
