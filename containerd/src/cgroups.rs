@@ -21,6 +21,8 @@ pub enum CgroupError {
     NoCgroups(String),
     #[error("{path}: still has processes after kill")]
     Busy { path: PathBuf },
+    #[error("linux.resources.devices: {0}")]
+    Devices(#[from] crate::devices::DeviceError),
     #[error("linux.resources.blockIO.{field}: {why}")]
     BlockIo { field: &'static str, why: String },
 }
@@ -194,6 +196,13 @@ pub fn create(
         }
         if let Some(r) = resources {
             apply(layout, rel, r)?;
+            // Device rules on cgroup2 are a device program on the container's directory
+            // (on a hybrid host as well as the v1 controller).
+            if let Some(rules) = r.devices()
+                && let Some(h) = layout.v2()
+            {
+                crate::devices::attach(&h.mount.join(rel), &crate::devices::rules(rules))?;
+            }
         }
         Ok(())
     })();
@@ -368,56 +377,16 @@ pub fn apply(layout: &Layout, rel: &Path, r: &LinuxResources) -> Result<(), Cgro
     if let Some(rules) = r.devices()
         && let Some((dir, false)) = layout.dir_for("devices", rel)
     {
-        for (allow, line) in device_rules(rules) {
-            let file = if allow {
+        for rule in crate::devices::rules(rules) {
+            let file = if rule.allow {
                 "devices.allow"
             } else {
                 "devices.deny"
             };
-            write(&dir.join(file), &line)?;
+            write(&dir.join(file), &rule.v1_line())?;
         }
     }
     Ok(())
-}
-
-/// Devices every container may use whatever its rules say, as runc allows them: the
-/// default device nodes, ptys, and `mknod` of any node (using one is what is checked).
-const ALWAYS_ALLOWED: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-];
-
-/// `linux.resources.devices` as v1 device-controller writes, in order, then the devices
-/// always allowed: `(allow, "TYPE MAJOR:MINOR ACCESS")`; a rule for every device ("a")
-/// is the bare `a` that resets the list.
-pub fn device_rules(rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Vec<(bool, String)> {
-    let mut out = Vec::new();
-    for r in rules {
-        let t = r
-            .typ()
-            .map(|t| t.as_str().to_string())
-            .unwrap_or_else(|| "a".into());
-        let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
-        let access = r.access().clone().unwrap_or_else(|| "rwm".into());
-        let everything = t == "a" && r.major().is_none() && r.minor().is_none() && access == "rwm";
-        let line = if everything {
-            "a".to_string()
-        } else {
-            format!("{t} {}:{} {access}", num(r.major()), num(r.minor()))
-        };
-        out.push((r.allow(), line));
-    }
-    out.extend(ALWAYS_ALLOWED.iter().map(|l| (true, l.to_string())));
-    out
 }
 
 /// blkio weight (10–1000) to io.weight (1–10000), as runc converts.

@@ -15,6 +15,7 @@
 pub mod cgroups;
 pub mod cli;
 pub mod container;
+pub mod devices;
 pub mod hooks;
 pub mod image;
 pub mod linux;

@@ -523,6 +523,14 @@ fn devices_are_created_and_only_allowed_ones_open() {
     let out = allowed.run("dev-allowed");
     let so = text(&out.stdout) + &text(&out.stderr);
     assert!(so.contains("read-ok") && so.contains("null-ok"), "{so}");
+    // On cgroup2 the same rules are a device program on the container's directory
+    // (this hybrid host's unified hierarchy gets it too).
+    let b = allowed.bundle.to_str().unwrap();
+    assert!(allowed.rt_detached(&["create", "dev-bpf", "--bundle", b]).0);
+    let unified = Path::new("/sys/fs/cgroup/unified/keel/dev-bpf");
+    assert_eq!(keel_containerd::devices::attached(unified).unwrap(), 1);
+    assert!(allowed.rt(&["delete", "-f", "dev-bpf"]).status.success());
+    assert!(!unified.exists());
 }
 
 #[test]
