@@ -336,8 +336,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
                         "keel-containerd: removing {} left by an earlier run of {id}",
                         dir.display()
                     );
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("remove {}", dir.display()))?;
+                    crate::image::remove_bundle(&dir)?;
                 }
                 let opts = crate::image::RunImage {
                     cpu: r.cpu.clone(),
@@ -360,8 +359,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
                         )
                         .map_err(anyhow::Error::from)
                     });
-                if !r.detach {
-                    let _ = std::fs::remove_dir_all(&dir);
+                if !r.detach || result.is_err() {
+                    let _ = crate::image::remove_bundle(&dir);
                 }
                 result?
             } else {

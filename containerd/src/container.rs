@@ -258,6 +258,12 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
     }
     let dir = root.join(id);
     std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove"))?;
+    // A bundle `run IMAGE` generated goes with its container (its overlay unmounted).
+    if saved.bundle.join(crate::image::GENERATED).exists()
+        && let Err(e) = crate::image::remove_bundle(&saved.bundle)
+    {
+        eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));
+    }
     Ok(())
 }
 

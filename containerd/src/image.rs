@@ -4,8 +4,10 @@
 //! container rootfs from the layers with whiteouts; `run IMAGE` with rkt's flags.
 //!
 //! Store layout (`--store`, default `/var/lib/keel-containerd`): `blobs/sha256/<hex>`,
-//! `images.json` (name → manifest, config, layers), `trust/*.pub`, `containers/<id>/` (the
-//! generated bundles of running images).
+//! `images.json` (name → manifest, config, layers), `trust/*.pub`, `layers/<hex>/` (each
+//! layer unpacked once, whiteouts in overlayfs form), `containers/<id>/` (the generated
+//! bundles of running images: `rootfs` an overlay of the unpacked layers with the
+//! container's `upper` and `work`, or a copy where overlayfs is not available).
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -498,6 +500,15 @@ impl Store {
                 removed += 1;
             }
         }
+        // Unpacked layers go with their blobs (left-over staging dirs too); a running
+        // container still holding one keeps its overlay (the kernel holds the dirs).
+        let layers = self.dir.join("layers");
+        for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !used.contains(&n) {
+                std::fs::remove_dir_all(e.path()).map_err(io(&e.path(), "remove"))?;
+            }
+        }
         Ok(removed)
     }
 
@@ -508,6 +519,77 @@ impl Store {
         Ok(v.get("config").cloned().unwrap_or_default())
     }
 
+    /// The layer `digest` unpacked for overlayfs (once; later calls reuse it): regular
+    /// entries as they are, `.wh.<name>` as a 0:0 character device `<name>`,
+    /// `.wh..wh..opq` as `trusted.overlay.opaque=y` on its directory.
+    pub fn unpacked_layer(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        let hex = digest.trim_start_matches("sha256:");
+        let dir = self.dir.join("layers").join(hex);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let parent = self.dir.join("layers");
+        std::fs::create_dir_all(&parent).map_err(io(&parent, "create"))?;
+        let tmp = tempfile::tempdir_in(&parent).map_err(io(&parent, "create a temp dir in"))?;
+        let p = self.blob_path(digest);
+        let bytes = std::fs::read(&p).map_err(io(&p, "read"))?;
+        verify(&format!("layer {digest}"), digest, &bytes)?;
+        unpack_layer(&bytes, tmp.path(), Whiteouts::Overlay).map_err(io(&p, "unpack"))?;
+        let staged = tmp.keep();
+        match std::fs::rename(&staged, &dir) {
+            Ok(()) => Ok(dir),
+            // Another run unpacked it first.
+            Err(_) if dir.is_dir() => {
+                let _ = std::fs::remove_dir_all(&staged);
+                Ok(dir)
+            }
+            Err(e) => Err(io(&dir, "rename into")(e)),
+        }
+    }
+
+    /// The container rootfs at `bundle/rootfs`: an overlay of the image's unpacked
+    /// layers with `bundle/upper` and `bundle/work`; a copy where overlayfs cannot be
+    /// mounted (no overlay support, a store on overlayfs, odd characters in the path).
+    /// Returns whether it is an overlay.
+    pub fn mount_rootfs(&self, rec: &ImageRecord, bundle: &Path) -> Result<bool, ImageError> {
+        let rootfs = bundle.join("rootfs");
+        let mut lower = Vec::new();
+        for d in rec.layers.iter().rev() {
+            lower.push(self.unpacked_layer(d)?);
+        }
+        let (upper, work) = (bundle.join("upper"), bundle.join("work"));
+        for d in [&rootfs, &upper, &work] {
+            std::fs::create_dir_all(d).map_err(io(d, "create"))?;
+        }
+        let paths: Vec<String> = lower
+            .iter()
+            .chain([&upper, &work])
+            .map(|p| p.display().to_string())
+            .collect();
+        let plain = paths.iter().all(|p| !p.contains([':', ',']));
+        if plain && !lower.is_empty() {
+            let n = lower.len();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                paths[..n].join(":"),
+                paths[n],
+                paths[n + 1]
+            );
+            let mounted = nix::mount::mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(data.as_str()),
+            );
+            if mounted.is_ok() {
+                return Ok(true);
+            }
+        }
+        self.compose(rec, &rootfs)?;
+        Ok(false)
+    }
+
     /// Builds a rootfs at `dest` from the layers, applying whiteouts (copy composition).
     pub fn compose(&self, rec: &ImageRecord, dest: &Path) -> Result<(), ImageError> {
         std::fs::create_dir_all(dest).map_err(io(dest, "create"))?;
@@ -515,15 +597,39 @@ impl Store {
             let p = self.blob_path(d);
             let bytes = std::fs::read(&p).map_err(io(&p, "read"))?;
             verify(&format!("layer {d}"), d, &bytes)?;
-            apply_layer(&bytes, dest).map_err(io(&p, "unpack"))?;
+            unpack_layer(&bytes, dest, Whiteouts::Apply).map_err(io(&p, "unpack"))?;
         }
         Ok(())
     }
 }
 
-/// Applies one layer tar (gzip or plain) onto `dest`: `.wh.<name>` deletes `<name>`,
-/// `.wh..wh..opq` empties its directory first; entries never leave `dest`.
-fn apply_layer(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
+/// Marks a bundle `run IMAGE` generated (removed with its container).
+pub const GENERATED: &str = "keel-run-image";
+
+/// Unmounts a bundle's overlay rootfs (if any) and removes the bundle directory.
+pub fn remove_bundle(bundle: &Path) -> Result<(), ImageError> {
+    let rootfs = bundle.join("rootfs");
+    // Not mounted (a copy, or already gone) is fine.
+    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+    match std::fs::remove_dir_all(bundle) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(bundle, "remove")(e)),
+    }
+}
+
+/// What to do with a layer's whiteout entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// Delete what they name in `dest` (composing layers by copy).
+    Apply,
+    /// Record them the way overlayfs reads them (a layer unpacked on its own).
+    Overlay,
+}
+
+/// Unpacks one layer tar (gzip or plain) into `dest`; `.wh.<name>` and `.wh..wh..opq`
+/// as `whiteouts` says; entries never leave `dest`.
+fn unpack_layer(bytes: &[u8], dest: &Path, whiteouts: Whiteouts) -> std::io::Result<()> {
     let reader: Box<dyn Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::GzDecoder::new(bytes))
     } else {
@@ -552,6 +658,32 @@ fn apply_layer(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
                 "layer entry {} leaves the rootfs",
                 path.display()
             )));
+        }
+        if whiteouts == Whiteouts::Overlay {
+            if file_name == ".wh..wh..opq" {
+                let dir = dest.join(parent);
+                std::fs::create_dir_all(&dir)?;
+                rustix::fs::setxattr(
+                    &dir,
+                    "trusted.overlay.opaque",
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )?;
+                continue;
+            }
+            if let Some(victim) = file_name.strip_prefix(".wh.") {
+                let dir = dest.join(parent);
+                std::fs::create_dir_all(&dir)?;
+                nix::sys::stat::mknod(
+                    &dir.join(victim),
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    0,
+                )?;
+                continue;
+            }
+            e.unpack_in(dest)?;
+            continue;
         }
         if file_name == ".wh..wh..opq" {
             let dir = dest.join(parent);
@@ -635,7 +767,7 @@ pub fn make_bundle(
 ) -> Result<(), ImageError> {
     let rec = store.get(image)?;
     let cfg = store.config(&rec)?;
-    store.compose(&rec, &dir.join("rootfs"))?;
+    store.mount_rootfs(&rec, dir)?;
     let mut spec =
         serde_json::to_value(oci_spec::runtime::Spec::default()).expect("spec serialises");
     let strings = |v: &serde_json::Value| -> Vec<String> {
@@ -680,7 +812,8 @@ pub fn make_bundle(
     }
     spec["hostname"] = id.into();
     spec["root"]["readonly"] = false.into();
-    let mut resources = serde_json::json!({});
+    // runc's default: every device denied but the ones the runtime always allows.
+    let mut resources = serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
     if let Some(c) = &opts.cpu {
         let cpus = parse_cpu(c)
             .ok_or_else(|| ImageError::Invalid(format!("--cpu {c:?} is not like 750m or 2")))?;
@@ -733,6 +866,8 @@ pub fn make_bundle(
         serde_json::to_vec_pretty(&spec).expect("spec serialises"),
     )
     .map_err(io(&cfg_path, "write"))?;
+    let mark = dir.join(GENERATED);
+    std::fs::write(&mark, image).map_err(io(&mark, "write"))?;
     Ok(())
 }
 

@@ -221,7 +221,28 @@ fn import_oci_layout_and_run_with_whiteouts_and_limits() {
     let mem =
         std::fs::read_to_string("/sys/fs/cgroup/memory/keel/lim/memory.limit_in_bytes").unwrap();
     assert_eq!(mem.trim(), (64u64 << 20).to_string());
+    // Its rootfs is an overlay of the layers unpacked once in the store, whiteouts as
+    // overlayfs reads them; delete unmounts it and removes the generated bundle.
+    let bundle = e.path("store/containers/lim");
+    let overlay_at = format!("{} ", bundle.join("rootfs").display());
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&overlay_at) && l.contains(" - overlay "))
+    };
+    assert!(mounted(), "no overlay at {overlay_at}");
+    let unpacked: Vec<PathBuf> = std::fs::read_dir(e.path("store/layers"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    assert_eq!(unpacked.len(), 2, "{unpacked:?}");
+    assert!(unpacked.iter().any(|l| {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::symlink_metadata(l.join("etc/motd")).is_ok_and(|m| m.file_type().is_char_device())
+    }));
     assert!(e.rt(&["delete", "-f", "lim"]).status.success());
+    assert!(!mounted() && !bundle.exists());
     let host_ifaces = std::fs::read_to_string("/proc/net/dev")
         .unwrap()
         .lines()
@@ -255,6 +276,10 @@ fn import_oci_layout_and_run_with_whiteouts_and_limits() {
     // rm + gc drop the blobs.
     assert!(e.rt(&["image", "rm", "demo:1"]).status.success());
     assert!(text(&e.rt(&["image", "gc"]).stdout).contains("removed 4 blobs"));
+    assert_eq!(
+        std::fs::read_dir(e.path("store/layers")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
