@@ -203,9 +203,13 @@ pub enum Command {
         detach: bool,
         #[arg(long)]
         pid_file: Option<PathBuf>,
-        /// Accepted for compatibility (no terminal support yet).
+        /// Allocate a pseudo-terminal for the process (in the container's devpts).
         #[arg(short, long)]
         tty: bool,
+        /// Unix socket that receives the pty master (SCM_RIGHTS) with --tty; without it a
+        /// foreground exec relays the terminal through its own stdin/stdout.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -430,13 +434,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
             detach,
             pid_file,
             tty,
+            console_socket,
             command,
         } => {
-            if *tty {
-                anyhow::bail!(
-                    "exec --tty needs terminal support, which this version does not have yet"
-                );
-            }
             if process.is_none() && command.is_empty() {
                 anyhow::bail!("exec needs a command or --process");
             }
@@ -451,6 +451,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
                     user: user.clone(),
                     detach: *detach,
                     pid_file: pid_file.clone(),
+                    tty: *tty,
+                    console_socket: console_socket.clone(),
                 },
             )?;
             Ok(code.clamp(0, 255) as u8)

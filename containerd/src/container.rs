@@ -455,6 +455,11 @@ pub struct ExecOptions {
     pub user: Option<String>,
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
+    /// A pseudo-terminal for the process (`--tty`, or `terminal` in the process file).
+    pub tty: bool,
+    /// Where the pty master goes (SCM_RIGHTS); without it, a foreground exec relays the
+    /// terminal between its own stdio and the process.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// `exec`: run another process in a created or running container; waits for it unless
@@ -511,12 +516,38 @@ pub fn exec(root: &Path, id: &str, o: &ExecOptions) -> Result<i32, ContainerErro
             source,
         })?;
     }
-    let pid = linux::exec(saved.pid, &saved.cgroup_dirs, &process)?;
+    let tty = o.tty || process.terminal().unwrap_or(false);
+    // The console socket: the caller's, or one end of a pair whose other end this
+    // foreground exec relays.
+    let (console, relay) = match (&o.console_socket, tty) {
+        (_, false) => (None, None),
+        (Some(path), true) => (
+            Some(std::os::unix::net::UnixStream::connect(path).map_err(io(path, "connect to"))?),
+            None,
+        ),
+        (None, true) if o.detach => {
+            return Err(ContainerError::Io {
+                path: "--console-socket".into(),
+                op: "find",
+                source: std::io::Error::other("a detached exec --tty needs --console-socket"),
+            });
+        }
+        (None, true) => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(io(Path::new("socketpair"), "create"))?;
+            (Some(theirs), Some(ours))
+        }
+    };
+    let pid = linux::exec(saved.pid, &saved.cgroup_dirs, &process, console.as_ref())?;
+    drop(console);
     if let Some(p) = &o.pid_file {
         std::fs::write(p, pid.to_string()).map_err(io(p, "write"))?;
     }
     if o.detach {
         return Ok(0);
+    }
+    if let Some(ours) = relay {
+        crate::terminal::relay(&ours).map_err(io(Path::new("the exec terminal"), "relay"))?;
     }
     loop {
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {

@@ -23,6 +23,7 @@ pub mod mounts;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod terminal;
 
 /// An error and its causes on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

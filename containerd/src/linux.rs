@@ -597,6 +597,7 @@ pub fn exec(
     pid: i32,
     cgroup_dirs: &[PathBuf],
     process: &oci_spec::runtime::Process,
+    console: Option<&std::os::unix::net::UnixStream>,
 ) -> Result<i32, CreateError> {
     // Open the namespace files now: after joining the mount namespace they are out of reach.
     let namespaces: Vec<(CloneFlags, std::fs::File)> = namespaces_of(pid)
@@ -627,7 +628,11 @@ pub fn exec(
                         Ok(())
                     }
                     ForkResult::Child => {
-                        let err = exec_process(process);
+                        // In the container's mount namespace: its devpts has the pty.
+                        let err = match console.map(setup_terminal).transpose() {
+                            Ok(_) => exec_process(process),
+                            Err(e) => e,
+                        };
                         eprintln!("keel-containerd: exec: {err}");
                         let _ = writeln!(w, "ERR {err}");
                         // SAFETY: as above.

@@ -933,6 +933,66 @@ fn terminal_through_the_console_socket() {
 }
 
 #[test]
+fn exec_with_a_terminal_through_a_socket_or_relayed() {
+    let f = fixture(args("sleep 30"));
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&["run", "-d", "te", "--bundle", b]);
+    assert!(ok, "{err}");
+    // --console-socket: the pty master goes to the caller, as containerd's shim asks.
+    let sock = f.dir.path().join("exec.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || receive_fd(listener));
+    let exec = Command::new(BIN)
+        .arg("--root")
+        .arg(&f.root)
+        .args([
+            "exec",
+            "-t",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "te",
+        ])
+        .args(["sh", "-c", "tty; read line; echo got:$line"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tty = std::fs::File::from(receiver.join().unwrap());
+    use std::io::{Read, Write};
+    tty.write_all(b"hi\n").unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("got:hi") {
+        match tty.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(
+        seen.contains("/dev/pts/") && seen.contains("got:hi"),
+        "{seen:?}"
+    );
+    let out = exec.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // Without a socket, a foreground exec relays the terminal itself.
+    let out = f.rt(&["exec", "-t", "te", "sh", "-c", "tty; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A detached one has nowhere to relay to.
+    let out = f.rt(&["exec", "-t", "-d", "te", "true"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("--console-socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(f.rt(&["delete", "-f", "te"]).status.success());
+}
+
+#[test]
 fn update_changes_limits_live() {
     let f = fixture(|c| {
         c["process"]["args"] = json!(["sleep", "30"]);
