@@ -21,6 +21,10 @@ pub enum CgroupError {
     NoCgroups(String),
     #[error("{path}: still has processes after kill")]
     Busy { path: PathBuf },
+    #[error(
+        "{0}: cannot create the container's cgroup as an unprivileged user, and linux.resources sets limits (give it a delegated cgroup via linux.cgroupsPath, or drop the limits)"
+    )]
+    Rootless(PathBuf),
     #[error("linux.resources.devices: {0}")]
     Devices(#[from] crate::devices::DeviceError),
     #[error("linux.resources.blockIO.{field}: {why}")]
@@ -160,6 +164,30 @@ pub fn relative_path(spec_path: Option<&Path>, id: &str) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("/keel/{id}")));
     p.strip_prefix("/").map(Path::to_path_buf).unwrap_or(p)
+}
+
+impl CgroupError {
+    /// Whether this is the kernel refusing an unprivileged user.
+    pub fn is_permission(&self) -> bool {
+        matches!(self, CgroupError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            CgroupError::Io { path, .. } | CgroupError::Busy { path } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `r` asks for a limit (device rules aside: a rootless container cannot make
+/// device nodes anyway).
+pub fn has_limits(r: &LinuxResources) -> bool {
+    r.memory().is_some()
+        || r.cpu().is_some()
+        || r.pids().is_some()
+        || r.block_io().is_some()
+        || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
 }
 
 /// Creates the container's directories (every hierarchy, so its processes are tracked

@@ -575,6 +575,7 @@ pub fn write_default_spec(bundle: &Path, rootless: bool) -> anyhow::Result<()> {
         anyhow::bail!("{} already exists", path.display());
     }
     let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_hostname(Some("keel".into()));
     // As runc's: every device denied but the defaults the runtime always allows.
     spec.set_linux(spec.linux().clone().map(|mut l| {
         let deny_all = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
@@ -601,8 +602,48 @@ pub fn write_default_spec(bundle: &Path, rootless: bool) -> anyhow::Result<()> {
             }
             l.set_namespaces(Some(ns));
             l.set_resources(None);
+            // The invoking user is root inside, as runc's rootless spec maps it.
+            let map = |host: u32| {
+                oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(0u32)
+                    .host_id(host)
+                    .size(1u32)
+                    .build()
+                    .ok()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            };
+            l.set_uid_mappings(Some(map(nix::unistd::geteuid().as_raw())));
+            l.set_gid_mappings(Some(map(nix::unistd::getegid().as_raw())));
             l
         }));
+        // No gid= on mounts (only one gid is mapped) and the host's /sys bound read-only
+        // (sysfs needs a network namespace the user owns).
+        let mounts = spec
+            .mounts()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut m| {
+                if m.typ().as_deref() == Some("sysfs") {
+                    m.set_typ(Some("none".into()));
+                    m.set_source(Some("/sys".into()));
+                    m.set_options(Some(
+                        ["rbind", "nosuid", "noexec", "nodev", "ro"]
+                            .map(String::from)
+                            .to_vec(),
+                    ));
+                }
+                let opts = m.options().clone().map(|o| {
+                    o.into_iter()
+                        .filter(|x| !x.starts_with("gid="))
+                        .collect::<Vec<_>>()
+                });
+                m.set_options(opts);
+                m
+            })
+            .collect();
+        spec.set_mounts(Some(mounts));
     }
     spec.save(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -101,7 +101,19 @@ pub fn create(
         let layout = Layout::detect()?;
         let linux = bundle.spec.linux().as_ref();
         let rel = cgroups::relative_path(linux.and_then(|l| l.cgroups_path().as_deref()), id);
-        cgroup_dirs = cgroups::create(&layout, &rel, linux.and_then(|l| l.resources().as_ref()))?;
+        let resources = linux.and_then(|l| l.resources().as_ref());
+        cgroup_dirs = match cgroups::create(&layout, &rel, resources) {
+            Ok(dirs) => dirs,
+            // Rootless without a delegated cgroup: none, as runc, unless limits are asked.
+            Err(e) if e.is_permission() && !nix::unistd::geteuid().is_root() => {
+                if resources.is_some_and(cgroups::has_limits) {
+                    let path = e.path().map(Path::to_path_buf).unwrap_or_default();
+                    return Err(cgroups::CgroupError::Rootless(path).into());
+                }
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let fifo = dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(|e| io(&fifo, "create")(std::io::Error::from(e)))?;
@@ -208,7 +220,7 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), Contai
         "created or running",
     )?;
     let targets = if all {
-        cgroups::pids(&saved.cgroup_dirs)
+        members(&saved)
     } else {
         vec![saved.pid]
     };
@@ -388,8 +400,77 @@ pub fn update(
 }
 
 /// `pause`: freeze every process of a running container.
+/// The container's processes: its cgroups' members; without cgroups (rootless without
+/// delegation), every process in its init's PID namespace (exec'd ones included, whose
+/// parent is outside), or the init's descendants when it has no namespace of its own.
+fn members(saved: &Saved) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    if !saved.cgroup_dirs.is_empty() {
+        return cgroups::pids(&saved.cgroup_dirs);
+    }
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| m.ino());
+    let theirs = ns(&saved.pid.to_string()).ok();
+    let own_ns = theirs.is_some() && theirs != ns("self").ok();
+    let procs: Vec<(i32, i32, Option<u64>)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            let pid: i32 = name.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the `(comm)`, which may hold spaces: state, then ppid.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid, ns(name).ok()))
+        })
+        .collect();
+    let mut out = if own_ns {
+        procs
+            .iter()
+            .filter(|(_, _, n)| *n == theirs)
+            .map(|(p, _, _)| *p)
+            .collect()
+    } else {
+        let mut out = vec![saved.pid];
+        let mut i = 0;
+        while i < out.len() {
+            let p = out[i];
+            out.extend(
+                procs
+                    .iter()
+                    .filter(|(_, pp, _)| *pp == p)
+                    .map(|(c, _, _)| *c),
+            );
+            i += 1;
+        }
+        out
+    };
+    out.sort_unstable();
+    out
+}
+
+/// The freezer needs the container's cgroup.
+fn needs_cgroup(saved: &Saved, what: &'static str) -> Result<(), ContainerError> {
+    if saved.cgroup_dirs.is_empty() {
+        return Err(ContainerError::WrongStatus {
+            id: saved.id.clone(),
+            status: "without a cgroup (rootless, none delegated)",
+            wanted: what,
+        });
+    }
+    Ok(())
+}
+
 pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
     let saved = load_in(root, id, &[Status::Running], "running")?;
+    needs_cgroup(&saved, "in a cgroup to pause it")?;
     cgroups::freeze(&Layout::detect()?, &saved.cgroup_path, true)?;
     Ok(())
 }
@@ -397,6 +478,7 @@ pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
 /// `resume`: thaw a paused container.
 pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {
     let saved = load_in(root, id, &[Status::Paused], "paused")?;
+    needs_cgroup(&saved, "in a cgroup to resume it")?;
     cgroups::freeze(&Layout::detect()?, &saved.cgroup_path, false)?;
     Ok(())
 }
@@ -405,7 +487,7 @@ pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {
 pub fn processes(root: &Path, id: &str) -> Result<Vec<(i32, i32, u32, String)>, ContainerError> {
     let saved = Saved::load(root, id)?;
     let mut out = Vec::new();
-    for pid in cgroups::pids(&saved.cgroup_dirs) {
+    for pid in members(&saved) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let field = |k: &str| {
             status

@@ -419,7 +419,13 @@ fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<(), String>
         .iter()
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&gids).map_err(|e| format!("process.user.additionalGids: {e}"))?;
+    // A user namespace mapped by an unprivileged runtime has setgroups denied; with no
+    // additional groups asked for there is nothing to set.
+    let setgroups_denied =
+        std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if !(gids.is_empty() && setgroups_denied) {
+        nix::unistd::setgroups(&gids).map_err(|e| format!("process.user.additionalGids: {e}"))?;
+    }
     nix::unistd::setgid(nix::unistd::Gid::from_raw(user.gid()))
         .map_err(|e| format!("process.user.gid {}: {e}", user.gid()))?;
     if user.uid() != 0 {
@@ -532,6 +538,12 @@ fn setup_terminal(sock: &std::os::unix::net::UnixStream) -> Result<(), String> {
 /// Writes `/proc/<pid>/{uid_map,gid_map}` from `linux.uidMappings`/`gidMappings`.
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
     let linux = spec.linux().as_ref();
+    // Without CAP_SETGID in the parent namespace (a rootless runtime) the kernel takes a
+    // gid_map only once setgroups is denied.
+    if !nix::unistd::geteuid().is_root() {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
+            .map_err(|e| format!("linux.gidMappings: write setgroups: {e}"))?;
+    }
     for (file, field, maps) in [
         (
             "uid_map",
@@ -567,11 +579,14 @@ pub fn release(fifo: &Path) -> std::io::Result<()> {
     f.read_exact(&mut b)
 }
 
-/// Namespaces of `pid` that differ from ours, in the order they are joined.
+/// Namespaces of `pid` that differ from ours, in the order they are joined: the user
+/// namespace first (it owns the others, and gives an unprivileged runtime the right to
+/// join them).
 fn namespaces_of(pid: i32) -> Vec<(CloneFlags, PathBuf)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     for (name, flag) in [
+        ("user", CloneFlags::CLONE_NEWUSER),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),

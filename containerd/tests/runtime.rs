@@ -809,6 +809,25 @@ fn user_namespace_maps_root_to_an_unprivileged_uid() {
         uid_line.contains("200000"),
         "an unprivileged uid on the host: {uid_line}"
     );
+    // exec joins the user namespace too: its root is the mapped uid, not the host's.
+    let out = f.rt(&["exec", "u1", "cat", "/proc/self/uid_map"]);
+    assert!(
+        text(&out.stdout).contains("200000"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = f.rt(&["exec", "-d", "u1", "sleep", "5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let procs = text(&f.rt(&["ps", "u1", "--format", "json"]).stdout);
+    let pids: Vec<i32> = serde_json::from_str(&procs).unwrap();
+    for p in pids {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap_or("Uid: 200000");
+        assert!(uid.contains("200000"), "pid {p} runs as {uid}");
+    }
     assert!(f.rt(&["delete", "-f", "u1"]).status.success());
     // A user namespace without mappings is refused by name.
     let bad = fixture(|c| {
@@ -990,6 +1009,126 @@ fn exec_with_a_terminal_through_a_socket_or_relayed() {
         text(&out.stderr)
     );
     assert!(f.rt(&["delete", "-f", "te"]).status.success());
+}
+
+/// The runtime as the unprivileged user `nobody`; `detached` for commands whose
+/// container keeps their stdio.
+fn as_nobody(root: &Path, a: &[&str], detached: bool) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "--root",
+    ])
+    .arg(root)
+    .args(a)
+    .stdin(std::process::Stdio::null());
+    if !detached {
+        return c.output().unwrap();
+    }
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let status = c
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .status()
+        .unwrap();
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: std::fs::read(err.path()).unwrap(),
+    }
+}
+
+#[test]
+fn rootless_containers_as_an_unprivileged_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/usr/bin/busybox", bin.join("busybox")).unwrap();
+    for app in ["sh", "sleep", "id", "cat", "hostname", "touch"] {
+        std::os::unix::fs::symlink("busybox", bin.join(app)).unwrap();
+    }
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let b = bundle.to_str().unwrap();
+    let out = as_nobody(&state, &["spec", "--rootless", "--bundle", b], false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = bundle.join("config.json");
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(&mut c);
+        std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
+    };
+    edit(&|c| {
+        c["process"]["terminal"] = json!(false);
+        c["process"]["args"] = json!(["sh", "-c", "id -u; cat /proc/self/uid_map; hostname"]);
+    });
+    // The invoking user is root inside, mapped to itself; no cgroup is needed.
+    let out = as_nobody(&state, &["run", "rl1", "--bundle", b], false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let so = text(&out.stdout);
+    let lines: Vec<Vec<&str>> = so.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        lines,
+        [vec!["0"], vec!["0", "65534", "1"], vec!["keel"]],
+        "{so}"
+    );
+    // The lifecycle: exec joins its namespaces (the user namespace first), ps and kill
+    // --all find the processes of its PID namespace, the freezer needs a cgroup.
+    edit(&|c| c["process"]["args"] = json!(["sleep", "100"]));
+    let out = as_nobody(&state, &["run", "-d", "rl2", "--bundle", b], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = as_nobody(&state, &["exec", "rl2", "id", "-u"], false);
+    assert_eq!(text(&out.stdout), "0\n", "{}", text(&out.stderr));
+    assert!(
+        as_nobody(&state, &["exec", "-d", "rl2", "sleep", "99"], true)
+            .status
+            .success()
+    );
+    let out = as_nobody(&state, &["ps", "rl2", "--format", "json"], false);
+    let pids: Vec<i32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let out = as_nobody(&state, &["pause", "rl2"], false);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("without a cgroup"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        as_nobody(&state, &["kill", "--all", "rl2", "KILL"], false)
+            .status
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text(&as_nobody(&state, &["state", "rl2"], false).stdout).contains("\"stopped\"") {
+        assert!(Instant::now() < deadline, "rl2 never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        as_nobody(&state, &["delete", "rl2"], false)
+            .status
+            .success()
+    );
+    // Limits need a cgroup the user may write: refused by name, nothing left.
+    edit(&|c| c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}}));
+    let out = as_nobody(&state, &["create", "rl3", "--bundle", b], true);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("unprivileged user")
+            && err.contains("linux.resources"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
 }
 
 #[test]
