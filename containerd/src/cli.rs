@@ -29,7 +29,8 @@ pub struct Global {
     pub log_format: String,
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Use the systemd cgroup driver (not supported yet: refused).
+    /// Use the systemd cgroup driver: a transient scope per container, through systemd's
+    /// D-Bus API (`linux.cgroupsPath` = `slice:prefix:name`).
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     /// crun's spelling: cgroupfs, systemd or disabled.
@@ -281,9 +282,16 @@ pub enum Command {
 /// Runs a command; returns the exit code.
 pub fn run(cli: &Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
-    if g.systemd_cgroup || g.cgroup_manager.as_deref() == Some("systemd") {
-        anyhow::bail!("the systemd cgroup driver is not supported yet; use the cgroupfs driver");
+    match g.cgroup_manager.as_deref() {
+        // `disabled` is taken as cgroupfs (a container always gets its cgroups).
+        None | Some("cgroupfs") | Some("systemd") | Some("disabled") => {}
+        Some(other) => {
+            anyhow::bail!("--cgroup-manager {other:?}: use cgroupfs, systemd or disabled")
+        }
     }
+    crate::container::use_systemd_driver(
+        g.systemd_cgroup || g.cgroup_manager.as_deref() == Some("systemd"),
+    );
     let root = g.root.as_path();
     match &cli.command {
         Command::Create(a) => {
@@ -662,7 +670,7 @@ pub fn features() -> serde_json::Value {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false},
             "seccomp": {
                 "enabled": true,
                 "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",

@@ -38,6 +38,8 @@ pub enum ContainerError {
     Running(String, &'static str),
     #[error("unknown signal {0:?}")]
     Signal(String),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
     #[error("kill {id}: {source}")]
     Kill {
         id: String,
@@ -55,6 +57,14 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Whether this process uses the systemd cgroup driver (`--systemd-cgroup`).
+static SYSTEMD_DRIVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Selects the systemd cgroup driver for the containers this process creates.
+pub fn use_systemd_driver(on: bool) {
+    SYSTEMD_DRIVER.store(on, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// `create`: the container exists, its init waits for `start`.
@@ -97,11 +107,23 @@ pub fn create(
         Err(e) => return Err(io(&dir, "create")(e)),
     }
     let mut cgroup_dirs = Vec::new();
+    let mut scope = None;
+    let mut scope_unit: Option<String> = None;
     let result = (|| {
         let layout = Layout::detect()?;
         let linux = bundle.spec.linux().as_ref();
-        let rel = cgroups::relative_path(linux.and_then(|l| l.cgroups_path().as_deref()), id);
+        let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
         let resources = linux.and_then(|l| l.resources().as_ref());
+        let rel = if SYSTEMD_DRIVER.load(std::sync::atomic::Ordering::SeqCst) {
+            let (slice, unit) = crate::systemd::unit_for(cgroups_path.and_then(Path::to_str), id)?;
+            let entered = crate::systemd::enter_scope(&slice, &unit, id, resources, &layout)?;
+            let rel = entered.rel.clone();
+            scope_unit = Some(entered.unit.clone());
+            scope = Some(entered);
+            rel
+        } else {
+            cgroups::relative_path(cgroups_path, id)
+        };
         cgroup_dirs = match cgroups::create(&layout, &rel, resources) {
             Ok(dirs) => dirs,
             // Rootless without a delegated cgroup: none, as runc, unless limits are asked.
@@ -121,6 +143,8 @@ pub fn create(
         std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .map_err(io(&fifo, "chmod"))?;
         let created = linux::spawn(&bundle, &fifo, &cgroup_dirs, console.as_ref())?;
+        // The container's processes hold the scope now.
+        drop(scope.take());
         let start_time = crate::state::proc_start(created.pid)
             .map(|s| s.0)
             .unwrap_or(0);
@@ -140,6 +164,7 @@ pub fn create(
                 .collect(),
             created: now_rfc3339(),
             cgroup_dirs: cgroup_dirs.clone(),
+            systemd_unit: scope_unit.clone(),
             cgroup_path: rel.clone(),
             poststop: crate::hooks::of(&bundle.spec, "poststop"),
         };
@@ -264,6 +289,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         }
     }
     cgroups::destroy(&saved.cgroup_dirs)?;
+    if let Some(unit) = &saved.systemd_unit {
+        crate::systemd::stop_scope(unit);
+    }
     let state = saved.oci_state(root).to_string();
     if let Err(e) = crate::hooks::run("poststop", &saved.poststop, &state) {
         eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));

@@ -23,6 +23,7 @@ pub mod mounts;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod systemd;
 pub mod terminal;
 
 /// An error and its causes on one line.

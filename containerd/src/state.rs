@@ -77,6 +77,9 @@ pub struct Saved {
     /// The container's cgroup path relative to each hierarchy.
     #[serde(default)]
     pub cgroup_path: PathBuf,
+    /// The transient scope holding the cgroup (systemd driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
     /// Hooks to run after the container stops (`poststop`), from the spec.
     #[serde(default)]
     pub poststop: Vec<crate::hooks::Hook>,

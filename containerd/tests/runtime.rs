@@ -1132,6 +1132,32 @@ fn rootless_containers_as_an_unprivileged_user() {
 }
 
 #[test]
+fn systemd_driver_without_systemd_fails_cleanly() {
+    // This host runs no systemd (the driver is shown in a booted Keel image, see
+    // tests/tests/fleet_update.rs): the error names the bus and nothing is left.
+    let f = fixture(args("true"));
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&["--systemd-cgroup", "create", "sd1", "--bundle", b]);
+    assert!(!ok && err.contains("systemd over D-Bus"), "{err}");
+    assert!(!f.root.join("sd1").exists());
+    let (ok, err) = f.rt_detached(&[
+        "--cgroup-manager",
+        "cgroupv3",
+        "create",
+        "sd2",
+        "--bundle",
+        b,
+    ]);
+    assert!(!ok && err.contains("--cgroup-manager"), "{err}");
+    // A cgroupsPath the driver cannot read is refused by name.
+    let f = fixture(|c| c["linux"]["cgroupsPath"] = json!("/keel/plain"));
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&["--systemd-cgroup", "create", "sd3", "--bundle", b]);
+    assert!(!ok && err.contains("linux.cgroupsPath"), "{err}");
+    assert!(!f.root.join("sd3").exists());
+}
+
+#[test]
 fn update_changes_limits_live() {
     let f = fixture(|c| {
         c["process"]["args"] = json!(["sleep", "30"]);

@@ -239,6 +239,43 @@ fn vm_power_loss_mid_install_resumes_and_a_container_app_survives_reboots_and_th
     });
     assert_eq!(v["booted_slot"], "USR-B");
     app_is_up_and_limited(&f, "after the update", false);
+    systemd_driver_makes_a_scope(&f);
+}
+
+/// `keel-containerd --systemd-cgroup`: the container's cgroup is a transient scope
+/// systemd made (limits in it), gone with the container.
+fn systemd_driver_makes_a_scope(f: &Fleet) {
+    let node = &f.node;
+    ssh(
+        node,
+        "keel-containerd --systemd-cgroup run -d --name sd --memory 32Mi app:1 -- 'busybox sleep 300' \
+         </dev/null >/dev/null 2>/tmp/sd.err || { cat /tmp/sd.err; exit 1; }",
+    );
+    let state = ssh(node, "keel-containerd state sd");
+    let pid = serde_json::from_str::<serde_json::Value>(&state).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let cgroup = ssh(node, &format!("cat /proc/{pid}/cgroup"));
+    assert_eq!(cgroup.trim(), "0::/system.slice/keel-sd.scope", "{state}");
+    let max = ssh(
+        node,
+        "cat /sys/fs/cgroup/system.slice/keel-sd.scope/memory.max; systemctl is-active keel-sd.scope",
+    );
+    assert_eq!(
+        max.split_whitespace().collect::<Vec<_>>(),
+        ["33554432", "active"]
+    );
+    ssh(node, "keel-containerd delete -f sd");
+    let after = ssh(
+        node,
+        "systemctl is-active keel-sd.scope || true; test -e /sys/fs/cgroup/system.slice/keel-sd.scope && echo left || echo gone",
+    );
+    assert_eq!(
+        after.split_whitespace().collect::<Vec<_>>(),
+        ["inactive", "gone"],
+        "{after}"
+    );
+    f.log("systemd driver: keel-sd.scope with memory.max 32 MiB, stopped with its container");
 }
 
 /// Checks (retrying while the unit starts) that the app's container runs in its own

@@ -782,13 +782,22 @@ fn leadership_moves_on_request_and_v2_members_api_changes_membership() {
     let added = r.json().expect("json");
     assert_eq!(added["peerURLs"][0], peer.as_str());
     let new_id = added["id"].as_str().expect("id").to_string();
-    let r = c.members[1..]
-        .iter()
-        .map(|m| http::send(m.addr(), &Req::get("/v2/members"), Duration::from_secs(5)))
-        .next()
-        .expect("member")
+    // Another member lists it once it has applied the change (GET /v2/members answers
+    // from the member's own state, as etcd's does).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let r = http::send(
+            c.members[1].addr(),
+            &Req::get("/v2/members"),
+            Duration::from_secs(5),
+        )
         .expect("GET /v2/members");
-    assert!(r.text().contains(&new_id), "{}", r.text());
+        if r.text().contains(&new_id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The same peer URL again conflicts, as in etcd.
     let r = add_v2_member(&c, 2, &peer);
     assert_eq!(r.status, 409, "{}", r.text());
