@@ -327,40 +327,41 @@ pub fn attach(dir: &Path, rules: &[Rule]) -> Result<(), DeviceError> {
     };
     // SAFETY: BPF_PROG_LOAD returned a new file descriptor we own.
     let prog = unsafe { OwnedFd::from_raw_fd(prog as i32) };
-    let cgroup = open_dir(dir)?;
-    let mut attr = AttachAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd_or_type: prog.as_raw_fd() as u32,
-        attach_type_or_query_flags: BPF_CGROUP_DEVICE,
-        attach_flags: BPF_F_ALLOW_MULTI,
-        prog_ids: 0,
-        prog_cnt: 0,
-        pad: [0; 100],
-    };
-    bpf(BPF_PROG_ATTACH, &mut attr).map_err(|source| DeviceError::Attach {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    cgroup_call(
+        dir,
+        BPF_PROG_ATTACH,
+        [
+            prog.as_raw_fd() as u32,
+            BPF_CGROUP_DEVICE,
+            BPF_F_ALLOW_MULTI,
+        ],
+    )?;
     Ok(())
 }
 
 /// How many device programs are attached to the cgroup2 directory `dir` itself.
 pub fn attached(dir: &Path) -> Result<u32, DeviceError> {
+    Ok(cgroup_call(dir, BPF_PROG_QUERY, [BPF_CGROUP_DEVICE, 0, 0])?.prog_cnt)
+}
+
+/// A bpf(2) command on the cgroup directory `dir`; `fields` are the three words after
+/// the target descriptor (attach: program, type, flags; query: type, flags, 0).
+fn cgroup_call(dir: &Path, cmd: libc::c_int, fields: [u32; 3]) -> Result<AttachAttr, DeviceError> {
     let cgroup = open_dir(dir)?;
     let mut attr = AttachAttr {
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd_or_type: BPF_CGROUP_DEVICE,
-        attach_type_or_query_flags: 0,
-        attach_flags: 0,
+        attach_bpf_fd_or_type: fields[0],
+        attach_type_or_query_flags: fields[1],
+        attach_flags: fields[2],
         prog_ids: 0,
         prog_cnt: 0,
         pad: [0; 100],
     };
-    bpf(BPF_PROG_QUERY, &mut attr).map_err(|source| DeviceError::Attach {
+    bpf(cmd, &mut attr).map_err(|source| DeviceError::Attach {
         path: dir.to_path_buf(),
         source,
     })?;
-    Ok(attr.prog_cnt)
+    Ok(attr)
 }
 
 #[cfg(test)]
