@@ -215,10 +215,34 @@ fn intermediate(
     )
     .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
     .map_err(|e| format!("open {}: {e}", fifo.display()))?;
+    // With a seccomp listener, the init connects to it while the host's paths are in
+    // reach and later reads the container's state through the runtime's directory.
+    let listener = match spec_listener(&bundle.spec) {
+        Some(path) => {
+            let sock = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+                format!(
+                    "linux.seccomp.listenerPath: connect to {}: {e}",
+                    path.display()
+                )
+            })?;
+            let dir = fifo.parent().unwrap_or(Path::new("/"));
+            let dir_fd: OwnedFd = nix::fcntl::open(
+                dir,
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(|e| format!("open {}: {e}", dir.display()))?;
+            Some(Listener { sock, dir_fd })
+        }
+        None => None,
+    };
     // SAFETY: as in `spawn`.
     match unsafe { fork() }.map_err(|e| format!("fork the init: {e}"))? {
         ForkResult::Child => {
-            let code = match init(bundle, new, &fifo_fd, w, console) {
+            let code = match init(bundle, new, &fifo_fd, w, console, listener.as_ref()) {
                 Ok(never) => match never {},
                 Err(msg) => {
                     // Before READY the runtime reads this; after, only the container's
@@ -240,6 +264,67 @@ fn intermediate(
 
 enum Never {}
 
+/// A seccomp agent's socket and the runtime's directory for the container.
+struct Listener {
+    sock: std::os::unix::net::UnixStream,
+    dir_fd: OwnedFd,
+}
+
+fn spec_listener(spec: &Spec) -> Option<&Path> {
+    let s = spec.linux().as_ref()?.seccomp().as_ref()?;
+    if !crate::seccomp::uses_notify(s) {
+        return None;
+    }
+    s.listener_path().as_deref()
+}
+
+/// Sends the seccomp notify descriptor to the agent with runtime-spec's
+/// `ContainerProcessState`, then closes it here (the container must not answer itself).
+fn hand_to_agent(l: &Listener, notify_fd: std::os::fd::RawFd, spec: &Spec) -> Result<(), String> {
+    // SAFETY: libseccomp returned a descriptor this process owns.
+    let notify = unsafe { OwnedFd::from_raw_fd(notify_fd) };
+    let state_path = format!(
+        "/proc/self/fd/{}/{}",
+        l.dir_fd.as_raw_fd(),
+        crate::state::STATE_FILE
+    );
+    let saved: crate::state::Saved = std::fs::read(&state_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("linux.seccomp.listenerPath: read the container state: {e}"))?;
+    let metadata = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_metadata().clone())
+        .unwrap_or_default();
+    let msg = serde_json::json!({
+        "ociVersion": saved.oci_version,
+        "fds": ["seccompFd"],
+        "pid": saved.pid,
+        "metadata": metadata,
+        "state": {
+            "ociVersion": saved.oci_version,
+            "id": saved.id,
+            "status": "creating",
+            "pid": saved.pid,
+            "bundle": saved.bundle,
+            "annotations": saved.annotations,
+        }
+    })
+    .to_string();
+    let fds = [notify.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        l.sock.as_raw_fd(),
+        &[std::io::IoSlice::new(msg.as_bytes())],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("linux.seccomp.listenerPath: send the notify descriptor: {e}"))?;
+    Ok(())
+}
+
 /// In the init (PID 1 of a new PID namespace when asked): everything up to `execve`.
 fn init(
     bundle: &Bundle,
@@ -247,6 +332,7 @@ fn init(
     fifo: &OwnedFd,
     w: &mut std::fs::File,
     console: Option<&std::os::unix::net::UnixStream>,
+    listener: Option<&Listener>,
 ) -> Result<Never, String> {
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("checked at load");
@@ -301,16 +387,20 @@ fn init(
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     let nnp = process.no_new_privileges().unwrap_or(false);
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+    let hand_over = |fd: Option<std::os::fd::RawFd>| match (fd, listener) {
+        (Some(fd), Some(l)) => hand_to_agent(l, fd, spec),
+        _ => Ok(()),
+    };
     if let Some(s) = seccomp
         && !nnp
     {
-        crate::seccomp::load(s)?;
+        hand_over(crate::seccomp::load(s)?)?;
     }
     set_user_and_caps(process)?;
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("noNewPrivileges: {e}"))?;
         if let Some(s) = seccomp {
-            crate::seccomp::load(s)?;
+            hand_over(crate::seccomp::load(s)?)?;
         }
     }
     let cwd = process.cwd();

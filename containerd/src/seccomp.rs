@@ -1,7 +1,9 @@
 //! `linux.seccomp` compiled with libseccomp and loaded into the container's process right
 //! before `execve`: default action, architectures, per-syscall actions with argument
 //! conditions and `errnoRet`. Syscall names this kernel/arch does not know are skipped
-//! (as runc does); `SCMP_ACT_NOTIFY` needs a listener and is refused.
+//! (as runc does). `SCMP_ACT_NOTIFY` needs `listenerPath`: the init connects to it before
+//! `pivot_root` and, once the filter is loaded, sends the notify descriptor there with
+//! the container process state (runtime-spec's `ContainerProcessState`).
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -11,9 +13,9 @@ use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 /// EPERM, the spec's default `errnoRet`.
 const EPERM: i32 = 1;
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<ScmpAction, String> {
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> ScmpAction {
     let errno = errno.map(|e| e as i32).unwrap_or(EPERM);
-    Ok(match a {
+    match a {
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
             ScmpAction::KillThread
         }
@@ -23,12 +25,8 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<Scmp
         LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno as u16),
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
-        LinuxSeccompAction::ScmpActNotify => {
-            return Err(format!(
-                "{field}: SCMP_ACT_NOTIFY needs a listener socket, which this runtime does not support yet"
-            ));
-        }
-    })
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
+    }
 }
 
 fn arch(name: &str) -> Option<ScmpArch> {
@@ -57,13 +55,23 @@ fn op(o: LinuxSeccompOperator) -> Option<ScmpCompareOp> {
     })
 }
 
+/// Whether the profile hands syscalls to a listener.
+pub fn uses_notify(s: &LinuxSeccomp) -> bool {
+    s.default_action() == LinuxSeccompAction::ScmpActNotify
+        || s.syscalls()
+            .iter()
+            .flatten()
+            .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
+}
+
 /// Builds the filter (without loading it).
 pub fn compile(s: &LinuxSeccomp) -> Result<ScmpFilterContext, String> {
-    let default = action(
-        s.default_action(),
-        s.default_errno_ret(),
-        "linux.seccomp.defaultAction",
-    )?;
+    if uses_notify(s) && s.listener_path().is_none() {
+        return Err(
+            "linux.seccomp.listenerPath: SCMP_ACT_NOTIFY needs a listener socket".to_string(),
+        );
+    }
+    let default = action(s.default_action(), s.default_errno_ret());
     let mut ctx = ScmpFilterContext::new(default).map_err(|e| format!("linux.seccomp: {e}"))?;
     // The runtime sets no_new_privs itself when the spec asks.
     ctx.set_ctl_nnp(false)
@@ -88,7 +96,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<ScmpFilterContext, String> {
         .enumerate()
     {
         let field = format!("linux.seccomp.syscalls[{i}]");
-        let act = action(rule.action(), rule.errno_ret(), &field)?;
+        let act = action(rule.action(), rule.errno_ret());
         if act == default {
             continue;
         }
@@ -119,9 +127,16 @@ pub fn compile(s: &LinuxSeccomp) -> Result<ScmpFilterContext, String> {
     Ok(ctx)
 }
 
-/// Compiles and loads the spec's filter into this process.
-pub fn load(s: &LinuxSeccomp) -> Result<(), String> {
-    compile(s)?
-        .load()
-        .map_err(|e| format!("linux.seccomp: load: {e}"))
+/// Compiles and loads the spec's filter into this process; with `SCMP_ACT_NOTIFY`,
+/// returns the listener descriptor (to hand to the agent and close).
+pub fn load(s: &LinuxSeccomp) -> Result<Option<std::os::fd::RawFd>, String> {
+    let ctx = compile(s)?;
+    ctx.load()
+        .map_err(|e| format!("linux.seccomp: load: {e}"))?;
+    if !uses_notify(s) {
+        return Ok(None);
+    }
+    ctx.get_notify_fd()
+        .map(Some)
+        .map_err(|e| format!("linux.seccomp: the notify descriptor: {e}"))
 }

@@ -870,11 +870,13 @@ fn seccomp_profile_from_the_spec() {
     let f = fixture(|c| {
         c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_NOTIFY"}]});
     });
+    // SCMP_ACT_NOTIFY without a listener is refused by field at create.
     let e = text(&f.run("notify").stderr);
     assert!(
-        e.contains("linux.seccomp.syscalls[0]") && e.contains("NOTIFY"),
+        e.contains("linux.seccomp.listenerPath") && e.contains("NOTIFY"),
         "{e}"
     );
+    assert!(!f.root.join("notify").exists());
 }
 
 /// Receives the pty master a runtime sends to `--console-socket`.
@@ -1155,6 +1157,69 @@ fn systemd_driver_without_systemd_fails_cleanly() {
     let (ok, err) = f.rt_detached(&["--systemd-cgroup", "create", "sd3", "--bundle", b]);
     assert!(!ok && err.contains("linux.cgroupsPath"), "{err}");
     assert!(!f.root.join("sd3").exists());
+}
+
+#[test]
+#[allow(unsafe_code)] // adopting the notify descriptor received with SCM_RIGHTS
+fn seccomp_notify_hands_the_listener_to_an_agent() {
+    use libseccomp::{ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags};
+    let agent_dir = tempfile::tempdir().unwrap();
+    let sock = agent_dir.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let sock_path = sock.to_str().unwrap().to_string();
+    let f = fixture(move |c| {
+        c["process"]["args"] = json!(["sh", "-c", "mkdir /tmp/d; echo rc=$?"]);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": sock_path,
+            "listenerMetadata": "agent-test",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    // The agent: the process state and the descriptor, then one notification answered
+    // with EACCES.
+    let agent = std::thread::spawn(move || {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fd = None;
+        for c in msg.cmsgs().unwrap() {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just gave us this descriptor.
+                fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+            }
+        }
+        let len = msg.bytes;
+        let state: Value = serde_json::from_slice(&buf[..len]).unwrap();
+        let fd = fd.expect("the notify descriptor");
+        let req = ScmpNotifReq::receive(fd.as_raw_fd()).unwrap();
+        let name = req.data.syscall.get_name().unwrap();
+        ScmpNotifResp::new_error(req.id, -13, ScmpNotifRespFlags::empty())
+            .respond(fd.as_raw_fd())
+            .unwrap();
+        (state, name)
+    });
+    let out = f.run("sn");
+    let (state, name) = agent.join().unwrap();
+    assert_eq!(state["fds"], json!(["seccompFd"]), "{state}");
+    assert_eq!(state["metadata"], "agent-test");
+    assert_eq!(state["state"]["id"], "sn");
+    assert!(state["pid"].as_i64().unwrap() > 1, "{state}");
+    assert!(name.starts_with("mkdir"), "{name}");
+    let so = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        so.contains("Permission denied") && so.contains("rc=1"),
+        "{so}"
+    );
 }
 
 #[test]

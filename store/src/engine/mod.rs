@@ -479,6 +479,9 @@ impl Engine {
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<crate::cluster::Member, MemberError> {
+        // Check against every change committed before this request (a member added
+        // through another member a moment ago), not only what this member applied.
+        self.read_index().await?;
         if peer_urls
             .iter()
             .any(|u| self.read().members.by_peer_url(u).is_some())
@@ -502,6 +505,7 @@ impl Engine {
 
     /// Remove a member (etcd's `MemberRemove`).
     pub async fn remove_member(&self, id: u64) -> Result<(), MemberError> {
+        self.read_index().await?;
         self.known(id)?;
         self.change_members(MemberChange::Remove(id)).await?;
         Ok(())
@@ -509,6 +513,7 @@ impl Engine {
 
     /// Make a learner a voting member (etcd's `MemberPromote`).
     pub async fn promote_member(&self, id: u64) -> Result<(), MemberError> {
+        self.read_index().await?;
         if !self.known(id)?.is_learner {
             return Err(MemberError::NotLearner);
         }
@@ -518,6 +523,7 @@ impl Engine {
 
     /// New peer URLs for a member (etcd's `MemberUpdate`).
     pub async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<(), MemberError> {
+        self.read_index().await?;
         self.known(id)?;
         if peer_urls.iter().any(|u| {
             self.read()
