@@ -2,16 +2,17 @@
 //! master itself and relays it to its own stdin/stdout (raw mode while stdin is a
 //! terminal), as `runc exec -t` does in the foreground.
 
-// Taking ownership of the descriptor received over SCM_RIGHTS is the one unsafe step.
+// Taking ownership of a descriptor received over SCM_RIGHTS is the one unsafe step.
 #![allow(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-/// Receives the pty master sent over `sock`.
-pub fn receive_master(sock: &UnixStream) -> std::io::Result<OwnedFd> {
-    let mut buf = [0u8; 16];
+/// Receives one message with one descriptor (SCM_RIGHTS) over `sock`: the payload and
+/// the descriptor.
+pub fn receive_fd(sock: &UnixStream) -> std::io::Result<(Vec<u8>, OwnedFd)> {
+    let mut buf = vec![0u8; 64 << 10];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let msg = nix::sys::socket::recvmsg::<()>(
@@ -21,15 +22,19 @@ pub fn receive_master(sock: &UnixStream) -> std::io::Result<OwnedFd> {
         nix::sys::socket::MsgFlags::empty(),
     )
     .map_err(std::io::Error::from)?;
+    let len = msg.bytes;
+    let mut fd = None;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
         if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
-            && let Some(&fd) = fds.first()
+            && let Some(&raw) = fds.first()
         {
             // SAFETY: the kernel installed this descriptor in our table for us alone.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
         }
     }
-    Err(std::io::Error::other("no pty master arrived"))
+    buf.truncate(len);
+    fd.map(|fd| (buf, fd))
+        .ok_or_else(|| std::io::Error::other("no descriptor arrived"))
 }
 
 /// Puts a terminal stdin into raw mode until dropped.
@@ -66,7 +71,7 @@ impl Drop for RawMode {
 /// Receives the master over `sock` and copies stdin to it and it to stdout until the
 /// process side closes (the master then reads EIO).
 pub fn relay(sock: &UnixStream) -> std::io::Result<()> {
-    let master = std::fs::File::from(receive_master(sock)?);
+    let master = std::fs::File::from(receive_fd(sock)?.1);
     let _raw = RawMode::enter();
     let mut input = master.try_clone()?;
     // Ends with the runtime: a read of stdin may block past the process's exit.

@@ -879,28 +879,10 @@ fn seccomp_profile_from_the_spec() {
     assert!(!f.root.join("notify").exists());
 }
 
-/// Receives the pty master a runtime sends to `--console-socket`.
-#[allow(unsafe_code)] // adopting a descriptor received with SCM_RIGHTS
+/// Receives the descriptor a runtime sends to a socket it connected to (`--console-socket`).
 fn receive_fd(listener: std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
-    use std::os::fd::{AsRawFd, FromRawFd};
     let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 16];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .unwrap();
-    for c in msg.cmsgs().unwrap() {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: the kernel just gave us this descriptor.
-            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
-        }
-    }
-    panic!("no descriptor received");
+    keel_containerd::terminal::receive_fd(&conn).unwrap().1
 }
 
 #[test]
@@ -1160,7 +1142,6 @@ fn systemd_driver_without_systemd_fails_cleanly() {
 }
 
 #[test]
-#[allow(unsafe_code)] // adopting the notify descriptor received with SCM_RIGHTS
 fn seccomp_notify_hands_the_listener_to_an_agent() {
     use libseccomp::{ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags};
     let agent_dir = tempfile::tempdir().unwrap();
@@ -1179,28 +1160,10 @@ fn seccomp_notify_hands_the_listener_to_an_agent() {
     // The agent: the process state and the descriptor, then one notification answered
     // with EACCES.
     let agent = std::thread::spawn(move || {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::fd::AsRawFd;
         let (conn, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = nix::sys::socket::recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            nix::sys::socket::MsgFlags::empty(),
-        )
-        .unwrap();
-        let mut fd = None;
-        for c in msg.cmsgs().unwrap() {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: the kernel just gave us this descriptor.
-                fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-            }
-        }
-        let len = msg.bytes;
-        let state: Value = serde_json::from_slice(&buf[..len]).unwrap();
-        let fd = fd.expect("the notify descriptor");
+        let (msg, fd) = keel_containerd::terminal::receive_fd(&conn).unwrap();
+        let state: Value = serde_json::from_slice(&msg).unwrap();
         let req = ScmpNotifReq::receive(fd.as_raw_fd()).unwrap();
         let name = req.data.syscall.get_name().unwrap();
         ScmpNotifResp::new_error(req.id, -13, ScmpNotifRespFlags::empty())
