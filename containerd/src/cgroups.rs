@@ -22,6 +22,10 @@ pub enum CgroupError {
     #[error("{path}: still has processes after kill")]
     Busy { path: PathBuf },
     #[error(
+        "{path}: the container's cgroup already exists and has {count} process(es) in it (stop them, or set another linux.cgroupsPath)"
+    )]
+    InUse { path: PathBuf, count: usize },
+    #[error(
         "{0}: cannot create the container's cgroup as an unprivileged user, and linux.resources sets limits (give it a delegated cgroup via linux.cgroupsPath, or drop the limits)"
     )]
     Rootless(PathBuf),
@@ -197,6 +201,12 @@ pub fn create(
     rel: &Path,
     resources: Option<&LinuxResources>,
 ) -> Result<Vec<PathBuf>, CgroupError> {
+    let leaves: Vec<PathBuf> = layout
+        .hierarchies
+        .iter()
+        .map(|h| h.mount.join(rel))
+        .collect();
+    remove_leftovers(&leaves)?;
     let mut dirs = Vec::new();
     let result = (|| {
         for h in &layout.hierarchies {
@@ -235,15 +245,8 @@ pub fn create(
         Ok(())
     })();
     match result {
-        Ok(()) => {
-            // Only the leaf directories belong to the container.
-            let leaves: Vec<PathBuf> = layout
-                .hierarchies
-                .iter()
-                .map(|h| h.mount.join(rel))
-                .collect();
-            Ok(leaves)
-        }
+        // Only the leaf directories belong to the container.
+        Ok(()) => Ok(leaves),
         Err(e) => {
             for d in dirs.iter().rev() {
                 let _ = std::fs::remove_dir(d);
@@ -251,6 +254,42 @@ pub fn create(
             Err(e)
         }
     }
+}
+
+/// A container's cgroup that is already there is what a container that was never
+/// deleted left (a killed runtime, a power loss): its limits and device rules would
+/// carry over into the new one. Empty, it is removed so the container starts from a fresh
+/// directory; with processes in it, creating the container is refused (as runc does).
+fn remove_leftovers(leaves: &[PathBuf]) -> Result<(), CgroupError> {
+    for leaf in leaves {
+        let count = pids(std::slice::from_ref(leaf)).len();
+        if count > 0 {
+            return Err(CgroupError::InUse {
+                path: leaf.clone(),
+                count,
+            });
+        }
+    }
+    for leaf in leaves.iter().filter(|l| l.exists()) {
+        remove_tree(leaf)?;
+    }
+    Ok(())
+}
+
+/// Removes an empty cgroup directory and the empty ones under it, deepest first.
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    let children = std::fs::read_dir(dir).map_err(io(dir, "list"))?;
+    for entry in children {
+        let entry = entry.map_err(io(dir, "list"))?;
+        if entry
+            .file_type()
+            .map_err(io(&entry.path(), "stat"))?
+            .is_dir()
+        {
+            remove_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io(dir, "remove"))
 }
 
 fn enable_v2_controllers(root: &Path, rel: &Path) -> Result<(), CgroupError> {

@@ -100,7 +100,7 @@ pub fn spawn(
             let code = match intermediate(bundle, fifo, cgroup_dirs, &mut w, &mut ack, console) {
                 Ok(()) => 0,
                 Err(msg) => {
-                    let _ = writeln!(w, "ERR {msg}");
+                    let _ = sync_line(&mut w, &format!("ERR {msg}"));
                     1
                 }
             };
@@ -194,7 +194,7 @@ fn intermediate(
         // maps, then we become its root.
         unshare(CloneFlags::CLONE_NEWUSER)
             .map_err(|e| format!("unshare the user namespace: {e}"))?;
-        writeln!(w, "USERNS").map_err(|e| e.to_string())?;
+        sync_line(w, "USERNS").map_err(|e| e.to_string())?;
         let mut go = [0u8; 3];
         ack.read_exact(&mut go)
             .map_err(|e| format!("wait for the id maps: {e}"))?;
@@ -248,7 +248,7 @@ fn intermediate(
                     // Before READY the runtime reads this; after, only the container's
                     // stderr is left to tell.
                     eprintln!("keel-containerd: container init: {msg}");
-                    let _ = writeln!(w, "ERR {msg}");
+                    let _ = sync_line(w, &format!("ERR {msg}"));
                     127
                 }
             };
@@ -256,10 +256,17 @@ fn intermediate(
             unsafe { nix::libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
-            writeln!(w, "PID {child}").map_err(|e| e.to_string())?;
+            sync_line(w, &format!("PID {child}")).map_err(|e| e.to_string())?;
             Ok(())
         }
     }
+}
+
+/// Writes one line to a sync pipe in a single `write`: the intermediate and the init
+/// share the pipe, and a line written in pieces (as `writeln!` formats) can interleave
+/// with the other's ("PID READY\n1234\n"), leaving the runtime waiting forever.
+fn sync_line(w: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    w.write_all(format!("{line}\n").as_bytes())
 }
 
 enum Never {}
@@ -374,7 +381,7 @@ fn init(
         setup_terminal(sock)?;
     }
     // Ready: `create` may return. Wait for `start`.
-    writeln!(w, "READY").map_err(|e| e.to_string())?;
+    sync_line(w, "READY").map_err(|e| e.to_string())?;
     let reopen = format!("/proc/self/fd/{}", fifo.as_raw_fd());
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -729,7 +736,7 @@ pub fn exec(
                 // SAFETY: as above.
                 match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
                     ForkResult::Parent { child } => {
-                        writeln!(w, "PID {child}").map_err(|e| e.to_string())?;
+                        sync_line(&mut w, &format!("PID {child}")).map_err(|e| e.to_string())?;
                         Ok(())
                     }
                     ForkResult::Child => {
@@ -739,7 +746,7 @@ pub fn exec(
                             Err(e) => e,
                         };
                         eprintln!("keel-containerd: exec: {err}");
-                        let _ = writeln!(w, "ERR {err}");
+                        let _ = sync_line(&mut w, &format!("ERR {err}"));
                         // SAFETY: as above.
                         unsafe { nix::libc::_exit(127) }
                     }
@@ -748,7 +755,7 @@ pub fn exec(
             let code = match result {
                 Ok(()) => 0,
                 Err(msg) => {
-                    let _ = writeln!(w, "ERR {msg}");
+                    let _ = sync_line(&mut w, &format!("ERR {msg}"));
                     1
                 }
             };

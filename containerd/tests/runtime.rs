@@ -603,6 +603,49 @@ fn bad_bundles_name_the_field_and_leave_nothing() {
 }
 
 #[test]
+fn a_leftover_cgroup_is_replaced_and_a_busy_one_refused() {
+    // What a container that was never deleted (killed runtime, power loss) left: its
+    // limit must not carry over into a new container of the same name.
+    let mem = cgroup_dir("memory", "left");
+    std::fs::create_dir_all(mem.join("child")).unwrap();
+    std::fs::write(mem.join("memory.limit_in_bytes"), "8388608").unwrap();
+    let f = fixture(args("true"));
+    let out = f.run("left");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!mem.exists(), "removed with the container");
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["sleep", "10"]);
+        c["linux"]["resources"] = json!({"memory": {"limit": 67108864}});
+    });
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&["create", "left", "--bundle", b]);
+    assert!(ok, "{err}");
+    let limit = std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), "67108864");
+    assert!(f.rt(&["delete", "-f", "left"]).status.success());
+
+    // A process already in the directory: refused by path, and the process stays there.
+    let pids = cgroup_dir("pids", "busy");
+    std::fs::create_dir_all(&pids).unwrap();
+    let mut squatter = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(pids.join("cgroup.procs"), squatter.id().to_string()).unwrap();
+    let f = fixture(args("true"));
+    let out = f.run("busy");
+    let e = text(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("keel/busy") && e.contains("1 process"),
+        "{e}"
+    );
+    assert!(!f.root.join("busy").exists(), "no state left");
+    let procs = std::fs::read_to_string(pids.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), squatter.id().to_string());
+    squatter.kill().unwrap();
+    squatter.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::remove_dir(&pids).unwrap();
+}
+
+#[test]
 fn user_capabilities_no_new_privs_and_rlimits() {
     let f = fixture(|c| {
         c["process"]["args"] = json!([
