@@ -195,18 +195,24 @@ pub fn has_limits(r: &LinuxResources) -> bool {
 }
 
 /// Creates the container's directories (every hierarchy, so its processes are tracked
-/// everywhere), applies `resources` and returns the directories.
+/// everywhere), applies `resources` and returns the directories. With `fresh`, what a
+/// container that was never deleted left there is removed first (see
+/// [`remove_leftovers`]); without, existing directories are used as they are (the
+/// systemd driver's scope, made for this container just before).
 pub fn create(
     layout: &Layout,
     rel: &Path,
     resources: Option<&LinuxResources>,
+    fresh: bool,
 ) -> Result<Vec<PathBuf>, CgroupError> {
     let leaves: Vec<PathBuf> = layout
         .hierarchies
         .iter()
         .map(|h| h.mount.join(rel))
         .collect();
-    remove_leftovers(&leaves)?;
+    if fresh {
+        remove_leftovers(&leaves)?;
+    }
     let mut dirs = Vec::new();
     let result = (|| {
         for h in &layout.hierarchies {

@@ -114,7 +114,8 @@ pub fn create(
         let linux = bundle.spec.linux().as_ref();
         let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
         let resources = linux.and_then(|l| l.resources().as_ref());
-        let rel = if SYSTEMD_DRIVER.load(std::sync::atomic::Ordering::SeqCst) {
+        let systemd = SYSTEMD_DRIVER.load(std::sync::atomic::Ordering::SeqCst);
+        let rel = if systemd {
             let (slice, unit) = crate::systemd::unit_for(cgroups_path.and_then(Path::to_str), id)?;
             let entered = crate::systemd::enter_scope(&slice, &unit, id, resources, &layout)?;
             let rel = entered.rel.clone();
@@ -124,7 +125,7 @@ pub fn create(
         } else {
             cgroups::relative_path(cgroups_path, id)
         };
-        cgroup_dirs = match cgroups::create(&layout, &rel, resources) {
+        cgroup_dirs = match cgroups::create(&layout, &rel, resources, !systemd) {
             Ok(dirs) => dirs,
             // Rootless without a delegated cgroup: none, as runc, unless limits are asked.
             Err(e) if e.is_permission() && !nix::unistd::geteuid().is_root() => {

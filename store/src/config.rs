@@ -139,8 +139,14 @@ pub struct EtcdFlags {
     /// Discovery URL used to bootstrap the cluster (etcd's v2 discovery protocol).
     #[arg(long, env = "ETCD_DISCOVERY")]
     pub discovery: Option<String>,
-    #[arg(long, env = "ETCD_DISCOVERY_SRV", hide = true)]
+    /// DNS domain whose SRV records (`_etcd-server-ssl._tcp`, `_etcd-server._tcp`) list
+    /// the members of a new cluster.
+    #[arg(long, env = "ETCD_DISCOVERY_SRV")]
     pub discovery_srv: Option<String>,
+    /// Suffix to the SRV service names queried with --discovery-srv
+    /// (`_etcd-server-ssl-NAME._tcp`).
+    #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME")]
+    pub discovery_srv_name: Option<String>,
     #[arg(long, env = "ETCD_PROXY", hide = true)]
     pub proxy: Option<String>,
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", hide = true, num_args = 0..=1, default_missing_value = "true")]
@@ -185,6 +191,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "ETCD_PEER_CLIENT_CERT_AUTH",
     "ETCD_DISCOVERY",
     "ETCD_DISCOVERY_SRV",
+    "ETCD_DISCOVERY_SRV_NAME",
     "ETCD_PROXY",
     "ETCD_FORCE_NEW_CLUSTER",
     "ETCD_AUTO_COMPACTION_RETENTION",
@@ -201,6 +208,13 @@ pub struct Listen {
     pub addr: SocketAddr,
     /// Serve TLS (an `https://` listen URL).
     pub https: bool,
+}
+
+/// `--discovery-srv DOMAIN` and `--discovery-srv-name NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvDiscovery {
+    pub domain: String,
+    pub service_name: Option<String>,
 }
 
 /// Validated settings for the server.
@@ -224,6 +238,8 @@ pub struct Settings {
     pub join_existing: bool,
     /// Find the other members of a new cluster through this discovery URL.
     pub discovery: Option<String>,
+    /// Or through DNS SRV records.
+    pub discovery_srv: Option<SrvDiscovery>,
     pub cluster_token: String,
     /// One Raft tick (`--heartbeat-interval`).
     pub heartbeat: std::time::Duration,
@@ -247,16 +263,11 @@ impl EtcdFlags {
                 return Err(ConfigError::UnknownEnv { name });
             }
         }
-        let unsupported: [(&'static str, bool, &'static str); 8] = [
+        let unsupported: [(&'static str, bool, &'static str); 7] = [
             (
                 "auto-tls",
                 self.auto_tls.is_some(),
                 "give --cert-file and --key-file",
-            ),
-            (
-                "discovery-srv",
-                self.discovery_srv.is_some(),
-                "DNS SRV discovery is not supported; use --discovery or --initial-cluster",
             ),
             ("proxy", self.proxy.is_some(), "proxy mode is not planned"),
             (
@@ -379,16 +390,37 @@ impl EtcdFlags {
                 ),
             ));
         }
-        if let Some(d) = &self.discovery {
-            if self.initial_cluster.is_some() {
-                return Err(invalid(
-                    "discovery",
-                    "multiple discovery or bootstrap flags are set: choose one of --initial-cluster or --discovery",
-                ));
-            }
-            if !d.starts_with("http://") && !d.starts_with("https://") {
-                return Err(invalid("discovery", format!("{d:?} is not an http(s) URL")));
-            }
+        let bootstrap_flags = [
+            self.initial_cluster.is_some(),
+            self.discovery.is_some(),
+            self.discovery_srv.is_some(),
+        ];
+        if bootstrap_flags.iter().filter(|set| **set).count() > 1 {
+            return Err(invalid(
+                if self.discovery.is_some() {
+                    "discovery"
+                } else {
+                    "discovery-srv"
+                },
+                "multiple discovery or bootstrap flags are set: choose one of --initial-cluster, --discovery or --discovery-srv",
+            ));
+        }
+        if let Some(domain) = &self.discovery_srv
+            && (domain.is_empty() || domain.contains('/') || domain.contains(':'))
+        {
+            return Err(invalid(
+                "discovery-srv",
+                format!("{domain:?} is not a DNS domain"),
+            ));
+        }
+        if self.discovery_srv_name.is_some() && self.discovery_srv.is_none() {
+            return Err(invalid("discovery-srv-name", "needs --discovery-srv"));
+        }
+        if let Some(d) = &self.discovery
+            && !d.starts_with("http://")
+            && !d.starts_with("https://")
+        {
+            return Err(invalid("discovery", format!("{d:?} is not an http(s) URL")));
         }
         let initial_cluster = match &self.initial_cluster {
             None => vec![(self.name.clone(), peer_urls.clone())],
@@ -458,6 +490,10 @@ impl EtcdFlags {
             initial_cluster,
             join_existing: self.initial_cluster_state == "existing",
             discovery: self.discovery.clone(),
+            discovery_srv: self.discovery_srv.clone().map(|domain| SrvDiscovery {
+                domain,
+                service_name: self.discovery_srv_name.clone(),
+            }),
             cluster_token: self.initial_cluster_token.clone(),
             heartbeat: std::time::Duration::from_millis(self.heartbeat_interval),
             election: std::time::Duration::from_millis(self.election_timeout),
@@ -696,6 +732,21 @@ mod tests {
             parse(&["--name", "b", "--initial-cluster", two])
                 .unwrap_err()
                 .contains("differ from --initial-advertise-peer-urls")
+        );
+        let both = parse(&["--discovery-srv", "example.com", "--initial-cluster", two]);
+        assert!(
+            both.unwrap_err()
+                .contains("--discovery-srv: multiple discovery or bootstrap flags"),
+        );
+        assert!(
+            parse(&["--discovery-srv", "http://example.com"])
+                .unwrap_err()
+                .contains("is not a DNS domain")
+        );
+        assert!(
+            parse(&["--discovery-srv-name", "prod"])
+                .unwrap_err()
+                .contains("needs --discovery-srv")
         );
         let e = T::try_parse_from(["x"])
             .unwrap()

@@ -7,6 +7,9 @@
 //! then waits until `size` members have registered; the first `size` by creation index
 //! form the cluster, and a member not among them refuses to start ("cluster is full").
 //! As in etcd, the cluster token is the discovery URL itself.
+//!
+//! DNS discovery (`--discovery-srv`) finds the members in SRV records instead; the
+//! cluster token is then `--initial-cluster-token`, as in etcd.
 
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ pub enum DiscoveryError {
     Full { url: String, size: usize },
     #[error("discovery {url}: no complete cluster within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+    #[error("discovery-srv {domain}: {reason}")]
+    Srv { domain: String, reason: String },
 }
 
 /// How long to wait for the other members to register.
@@ -133,6 +138,112 @@ pub async fn join(
             .send()
             .await;
     }
+}
+
+/// etcd's DNS discovery (`--discovery-srv DOMAIN`): the members of a new cluster are
+/// the targets of the SRV records `_etcd-server-ssl._tcp.DOMAIN` (https peer URLs) and
+/// `_etcd-server._tcp.DOMAIN` (http); `--discovery-srv-name NAME` makes them
+/// `_etcd-server-ssl-NAME._tcp` and `_etcd-server-NAME._tcp`. The target that resolves
+/// to the address of one of this member's advertised peer URLs is this member, named
+/// `name`; the others are named `0`, `1`, … as etcd names them, until they publish
+/// their own names. The URLs keep the targets' host names, so every member computes the
+/// same member ids.
+pub async fn srv_cluster(
+    srv: &crate::config::SrvDiscovery,
+    name: &str,
+    peer_urls: &[String],
+) -> Result<Vec<(String, Vec<String>)>, DiscoveryError> {
+    let fail = |reason: String| DiscoveryError::Srv {
+        domain: srv.domain.clone(),
+        reason,
+    };
+    let resolver = hickory_resolver::TokioResolver::builder_tokio()
+        .and_then(|b| b.build())
+        .map_err(|e| fail(format!("DNS resolver: {e}")))?;
+    // This member's advertised peer addresses.
+    let mut mine: Vec<(std::net::SocketAddr, &str)> = Vec::new();
+    for u in peer_urls {
+        let hostport = host_port(u).ok_or_else(|| fail(format!("bad peer URL {u:?}")))?;
+        let addrs = tokio::net::lookup_host(hostport)
+            .await
+            .map_err(|e| fail(format!("resolve this member's peer URL {u}: {e}")))?;
+        mine.extend(addrs.map(|a| (a, u.as_str())));
+    }
+    let suffix = srv
+        .service_name
+        .as_deref()
+        .map(|n| format!("-{n}"))
+        .unwrap_or_default();
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    let mut misses = Vec::new();
+    let mut others = 0;
+    for (scheme, service) in [("https", "etcd-server-ssl"), ("http", "etcd-server")] {
+        let query = format!(
+            "_{service}{suffix}._tcp.{}.",
+            srv.domain.trim_end_matches('.')
+        );
+        let records = match resolver.srv_lookup(query.as_str()).await {
+            Ok(r) => r,
+            Err(e) => {
+                misses.push(format!("{query}: {e}"));
+                continue;
+            }
+        };
+        let mut targets: Vec<(String, u16)> = records
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::SRV(srv) => Some((
+                    srv.target.to_utf8().trim_end_matches('.').to_string(),
+                    srv.port,
+                )),
+                _ => None,
+            })
+            .collect();
+        // DNS servers rotate records; every member must list the same cluster.
+        targets.sort();
+        targets.dedup();
+        for (host, port) in targets {
+            let hostport = format!("{host}:{port}");
+            let url = format!("{scheme}://{hostport}");
+            let addrs: Vec<_> = tokio::net::lookup_host(hostport.as_str())
+                .await
+                .map_err(|e| fail(format!("resolve {hostport} (from {query}): {e}")))?
+                .collect();
+            let me = mine.iter().find(|(a, _)| addrs.contains(a));
+            let member = match me {
+                Some((_, advertised)) if !advertised.starts_with(&format!("{scheme}://")) => {
+                    return Err(fail(format!(
+                        "{url} (from {query}) is this member, whose peer URL is {advertised}: the schemes differ"
+                    )));
+                }
+                Some(_) => name.to_string(),
+                None => {
+                    others += 1;
+                    (others - 1).to_string()
+                }
+            };
+            match members.iter_mut().find(|(n, _)| *n == member) {
+                Some((_, urls)) => urls.push(url),
+                None => members.push((member, vec![url])),
+            }
+        }
+    }
+    if members.is_empty() {
+        return Err(fail(format!("no SRV records ({})", misses.join("; "))));
+    }
+    if !members.iter().any(|(n, _)| n == name) {
+        return Err(fail(format!(
+            "no SRV target resolves to this member's --initial-advertise-peer-urls {peer_urls:?}"
+        )));
+    }
+    Ok(members)
+}
+
+/// `host:port` of an `http(s)://host:port[/...]` URL.
+fn host_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// `name=url,name=url` values into an initial cluster.

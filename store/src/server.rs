@@ -95,9 +95,12 @@ async fn identity(settings: &Settings) -> Result<Identity, ServerError> {
             token,
         });
     }
+    if let Some(srv) = &settings.discovery_srv {
+        initial = crate::discovery::srv_cluster(srv, &settings.name, &settings.peer_urls).await?;
+        tracing::info!(?initial, domain = %srv.domain, "found the cluster in DNS SRV records");
+    }
     let (id, known) = if settings.join_existing {
-        let others: Vec<String> = settings
-            .initial_cluster
+        let others: Vec<String> = initial
             .iter()
             .filter(|(n, _)| n != &settings.name)
             .flat_map(|(_, urls)| urls.clone())
@@ -121,7 +124,14 @@ async fn identity(settings: &Settings) -> Result<Identity, ServerError> {
             })?;
         (me.id, members.clone())
     } else {
-        let id = crate::cluster::member_id(&settings.peer_urls, &token);
+        // With DNS discovery this member's URLs are its SRV target's, as the others
+        // see them.
+        let mine = initial
+            .iter()
+            .find(|(n, _)| n == &settings.name)
+            .filter(|_| settings.discovery_srv.is_some())
+            .map_or(&settings.peer_urls, |(_, urls)| urls);
+        let id = crate::cluster::member_id(mine, &token);
         if let Some(url) = &settings.discovery {
             initial = crate::discovery::join(url, id, &settings.name, &settings.peer_urls).await?;
             tracing::info!(?initial, "discovered the initial cluster");

@@ -74,8 +74,21 @@ pub struct Cluster {
     extra: Vec<String>,
     /// The namespaces, when the cluster runs in them (dropped after the members).
     pub net: Option<Netns>,
-    /// Bootstrap through this discovery URL instead of `--initial-cluster`.
-    discovery: Option<String>,
+    /// How a new cluster's members find each other.
+    bootstrap: Bootstrap,
+    /// A command (and its arguments) the members run under, e.g. `unshare …`.
+    wrapper: Vec<String>,
+}
+
+/// How a new cluster's members find each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bootstrap {
+    /// `--initial-cluster`.
+    Flags,
+    /// `--discovery URL`.
+    Discovery(String),
+    /// `--discovery-srv DOMAIN`; member `i` advertises `m<i>.DOMAIN`.
+    Srv(String),
 }
 
 impl Cluster {
@@ -161,8 +174,31 @@ impl Cluster {
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             net,
-            discovery: None,
+            bootstrap: Bootstrap::Flags,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// `n` members of a new cluster that find each other in the DNS SRV records of
+    /// `domain` (`--discovery-srv`), advertising their peer URLs by the names of
+    /// [`Cluster::peer_name`]; not started (the test serves the records first).
+    pub fn prepare_srv(flavor: Flavor, n: usize, domain: &str) -> Cluster {
+        let mut c = Cluster::prepare_with(flavor, n, &[], None);
+        c.bootstrap = Bootstrap::Srv(domain.to_string());
+        c
+    }
+
+    /// The host name member `i` advertises with DNS discovery.
+    pub fn peer_name(&self, i: usize) -> String {
+        match &self.bootstrap {
+            Bootstrap::Srv(domain) => format!("{}.{domain}", self.members[i].name),
+            _ => self.members[i].host.clone(),
+        }
+    }
+
+    /// Run the members under `wrapper` (a command that ends by running its arguments).
+    pub fn wrap(&mut self, wrapper: Vec<String>) {
+        self.wrapper = wrapper;
     }
 
     /// A cluster of `n` members that find each other through `discovery_url`; they
@@ -181,7 +217,8 @@ impl Cluster {
             members,
             extra: Vec::new(),
             net: None,
-            discovery: Some(discovery_url.to_string()),
+            bootstrap: Bootstrap::Discovery(discovery_url.to_string()),
+            wrapper: Vec::new(),
         };
         for i in 0..n {
             c.spawn(i);
@@ -199,7 +236,12 @@ impl Cluster {
         self.log_tail(i, 5)
     }
 
-    fn args(&self, m: &Member) -> Vec<String> {
+    fn args(&self, i: usize) -> Vec<String> {
+        let m = &self.members[i];
+        let advertise = match &self.bootstrap {
+            Bootstrap::Srv(_) => format!("http://{}:{}", self.peer_name(i), m.peer_port),
+            _ => m.peer_url(),
+        };
         let mut a: Vec<String> = [
             "--name",
             &m.name,
@@ -212,7 +254,7 @@ impl Cluster {
             "--listen-peer-urls",
             &m.peer_url(),
             "--initial-advertise-peer-urls",
-            &m.peer_url(),
+            &advertise,
             "--initial-cluster",
             &m.initial_cluster,
             "--initial-cluster-state",
@@ -227,14 +269,22 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if let Some(url) = &self.discovery {
-            // Discovery replaces the bootstrap flags (etcd refuses both).
-            let at = a
-                .iter()
-                .position(|x| x == "--initial-cluster")
-                .unwrap_or(a.len());
-            a.drain(at..(at + 6).min(a.len()));
-            a.extend(["--discovery".to_string(), url.clone()]);
+        // Discovery replaces the bootstrap flags (etcd refuses both); the v2 protocol
+        // takes its token from the URL, DNS discovery keeps --initial-cluster-token.
+        let at = a
+            .iter()
+            .position(|x| x == "--initial-cluster")
+            .unwrap_or(a.len());
+        match &self.bootstrap {
+            Bootstrap::Flags => {}
+            Bootstrap::Discovery(url) => {
+                a.drain(at..(at + 6).min(a.len()));
+                a.extend(["--discovery".to_string(), url.clone()]);
+            }
+            Bootstrap::Srv(domain) => {
+                a.drain(at..(at + 2).min(a.len()));
+                a.extend(["--discovery-srv".to_string(), domain.clone()]);
+            }
         }
         a.extend(self.flavor.extra_args());
         a.extend(self.extra.iter().cloned());
@@ -243,7 +293,7 @@ impl Cluster {
 
     /// Start member `i`'s process (its data dir is kept across restarts).
     pub fn spawn(&mut self, i: usize) {
-        let args = self.args(&self.members[i]);
+        let args = self.args(i);
         let m = &mut self.members[i];
         let log = OpenOptions::new()
             .create(true)
@@ -251,13 +301,18 @@ impl Cluster {
             .open(&m.log_path)
             .expect("open member log");
         let log2 = log.try_clone().expect("clone log handle");
-        let mut cmd = match &m.netns {
-            None => Command::new(self.flavor.binary()),
-            Some(ns) => {
+        let mut cmd = match (&m.netns, self.wrapper.split_first()) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(self.flavor.binary());
                 c
             }
+            (None, Some((program, wrapper_args))) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(self.flavor.binary());
+                c
+            }
+            (None, None) => Command::new(self.flavor.binary()),
         };
         let child = cmd
             .args(args)
@@ -429,6 +484,11 @@ impl Drop for Cluster {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        // A failed test's member logs and data dirs, kept for a look.
+        if std::thread::panicking() && std::env::var_os("KEEL_KEEP_CLUSTER").is_some() {
+            let kept = std::mem::replace(&mut self.root, tempfile::tempdir().expect("tempdir"));
+            eprintln!("cluster kept in {}", kept.keep().display());
         }
     }
 }

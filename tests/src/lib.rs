@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod ctl;
 pub mod dbus;
+pub mod dns;
 pub mod fleet;
 pub mod http;
 pub mod image;

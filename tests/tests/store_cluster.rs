@@ -743,6 +743,105 @@ fn watches_and_leases_on_a_follower_survive_a_leader_change() {
 }
 
 /// `POST /v2/members` through member `i`.
+/// Member `i`'s id (hex) as `etcdctl member list` shows it.
+fn listed_id(c: &Cluster, i: usize) -> String {
+    let (_, list) = c.etcdctl(0, &["member", "list"]);
+    list.lines()
+        .find(|l| l.contains(&format!(", {}, ", c.members[i].name)))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("member {i} not in {list}"))
+        .to_string()
+}
+
+/// DNS discovery: the members of a new cluster find each other in SRV records
+/// (`--discovery-srv`). Only `_etcd-server._tcp` records exist (plain-text peers), which
+/// etcd documents as enough; etcd 3.4.23 itself stops here ("error querying DNS SRV
+/// records for _etcd-server-ssl … no such host", etcd-io/etcd#11321, a 3.4 regression),
+/// so it cannot serve as the reference in this test.
+#[test]
+fn members_bootstrap_from_dns_srv_records() {
+    use keel_tests::dns::{SrvServer, private_resolver, write_resolver_files};
+    let domain = "keel.test";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dns_ip = "127.0.0.153";
+    {
+        let flavor = Flavor::Keel;
+        let mut c = Cluster::prepare_srv(flavor, 3, domain);
+        let targets: Vec<(String, u16)> = (0..3)
+            .map(|i| (format!("{}.", c.peer_name(i)), c.members[i].peer_port))
+            .collect();
+        let dns = SrvServer::start(
+            dns_ip,
+            vec![(format!("_etcd-server._tcp.{domain}."), targets)],
+        );
+        let names: Vec<String> = (0..3).map(|i| c.peer_name(i)).collect();
+        let hosts: Vec<(&str, &str)> = names.iter().map(|n| ("127.0.0.1", n.as_str())).collect();
+        let etc = write_resolver_files(dir.path(), dns.addr, &hosts);
+        c.wrap(private_resolver(&etc));
+        c.start_all();
+        // Every member published its name with the peer URL from DNS.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (ok, list) = c.etcdctl(0, &["member", "list"]);
+            let all = (0..3).all(|i| {
+                list.contains(&format!(
+                    ", started, {}, http://{}:{}, {}, false",
+                    c.members[i].name,
+                    c.peer_name(i),
+                    c.members[i].peer_port,
+                    c.members[i].client_url()
+                ))
+            });
+            if ok && all {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{flavor:?}: {list}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        put_until_acknowledged(&c, 2, "found-in-dns", "yes");
+        assert_converged(&mut c);
+        let asked = dns.queries.lock().expect("queries").clone();
+        for service in ["_etcd-server-ssl", "_etcd-server"] {
+            let q = format!("{service}._tcp.{domain}.");
+            assert!(
+                asked.contains(&q),
+                "{flavor:?} never asked for {q}: {asked:?}"
+            );
+        }
+        // Member ids are etcd's, computed from the URLs the records give.
+        for i in 0..3 {
+            let url = format!("http://{}:{}", c.peer_name(i), c.members[i].peer_port);
+            let id = keel_store::cluster::member_id(&[url], "keel-test-cluster");
+            assert_eq!(listed_id(&c, i), format!("{id:x}"));
+        }
+    }
+
+    // A member whose address is in no record refuses to start and says why.
+    let mut c = Cluster::prepare_srv(Flavor::Keel, 1, domain);
+    let dns = SrvServer::start(
+        dns_ip,
+        vec![(
+            format!("_etcd-server._tcp.{domain}."),
+            vec![("elsewhere.keel.test.".to_string(), 1)],
+        )],
+    );
+    let etc = write_resolver_files(
+        dir.path(),
+        dns.addr,
+        &[
+            ("127.0.0.9", "elsewhere.keel.test"),
+            ("127.0.0.1", "m0.keel.test"),
+        ],
+    );
+    c.wrap(private_resolver(&etc));
+    c.spawn(0);
+    let log = c.wait_exit(0, TIMEOUT);
+    assert!(
+        log.contains("discovery-srv keel.test: no SRV target resolves to this member"),
+        "{log}"
+    );
+}
+
 fn add_v2_member(c: &Cluster, i: usize, peer: &str) -> http::Resp {
     http::send(
         c.members[i].addr(),
@@ -761,13 +860,7 @@ fn leadership_moves_on_request_and_v2_members_api_changes_membership() {
     wait_published(&c);
     let leader = c.wait_leader(TIMEOUT);
     let target = (leader + 1) % 3;
-    let (_, list) = c.etcdctl(0, &["member", "list"]);
-    let id = list
-        .lines()
-        .find(|l| l.contains(&format!(", {}, ", c.members[target].name)))
-        .and_then(|l| l.split(',').next())
-        .expect("target id")
-        .to_string();
+    let id = listed_id(&c, target);
     // etcdctl move-leader must be sent to the leader (etcdctl checks with Status).
     let (ok, out) = c.etcdctl((leader + 2) % 3, &["move-leader", &id]);
     assert!(!ok && out.contains("no leader endpoint given"), "{out}");
