@@ -143,7 +143,30 @@ pub fn create(
         // Writable by a container root mapped to another host uid (the umask cut it).
         std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .map_err(io(&fifo, "chmod"))?;
-        let created = linux::spawn(&bundle, &fifo, &cgroup_dirs, console.as_ref())?;
+        // prestart and createRuntime hooks run while the init waits before pivot_root.
+        let mut runtime_hooks = |pid: i32| {
+            let state = serde_json::json!({
+                "ociVersion": bundle.spec.version(),
+                "id": id,
+                "status": "creating",
+                "pid": pid,
+                "bundle": bundle.dir,
+                "annotations": bundle.spec.annotations().clone().unwrap_or_default(),
+            })
+            .to_string();
+            for kind in ["prestart", "createRuntime"] {
+                crate::hooks::run(kind, &crate::hooks::of(&bundle.spec, kind), &state)
+                    .map_err(|e| crate::error_chain(&e))?;
+            }
+            Ok(())
+        };
+        let created = linux::spawn(
+            &bundle,
+            &fifo,
+            &cgroup_dirs,
+            console.as_ref(),
+            &mut runtime_hooks,
+        )?;
         // The container's processes hold the scope now.
         drop(scope.take());
         let start_time = crate::state::proc_start(created.pid)
@@ -170,17 +193,6 @@ pub fn create(
             poststop: crate::hooks::of(&bundle.spec, "poststop"),
         };
         saved.save(root)?;
-        let state = saved.oci_state(root).to_string();
-        crate::hooks::run(
-            "createRuntime",
-            &crate::hooks::of(&bundle.spec, "createRuntime"),
-            &state,
-        )?;
-        crate::hooks::run(
-            "prestart",
-            &crate::hooks::of(&bundle.spec, "prestart"),
-            &state,
-        )?;
         if let Some(p) = pid_file {
             std::fs::write(p, created.pid.to_string()).map_err(io(p, "write"))?;
         }
@@ -212,11 +224,7 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
     let spec = Bundle::load(&saved.bundle).map(|b| b.spec).ok();
     if let Some(spec) = spec {
         let state = saved.oci_state(root).to_string();
-        if let Err(e) =
-            crate::hooks::run("poststart", &crate::hooks::of(&spec, "poststart"), &state)
-        {
-            eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));
-        }
+        crate::hooks::run_warning("poststart", &crate::hooks::of(&spec, "poststart"), &state);
     }
     Ok(())
 }
@@ -294,9 +302,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         crate::systemd::stop_scope(unit);
     }
     let state = saved.oci_state(root).to_string();
-    if let Err(e) = crate::hooks::run("poststop", &saved.poststop, &state) {
-        eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));
-    }
+    crate::hooks::run_warning("poststop", &saved.poststop, &state);
     let dir = root.join(id);
     std::fs::remove_dir_all(&dir).map_err(io(&dir, "remove"))?;
     // A bundle `run IMAGE` generated goes with its container (its overlay unmounted).

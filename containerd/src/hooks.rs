@@ -73,7 +73,17 @@ pub fn of(spec: &oci_spec::runtime::Spec, kind: &str) -> Vec<Hook> {
         .collect()
 }
 
-/// Runs `hooks` in order with `state` on stdin.
+/// Runs every hook of a kind whose failure only warns (`poststart`, `poststop`): a
+/// failing hook is reported on stderr and the next one still runs, as the spec says.
+pub fn run_warning(kind: &'static str, hooks: &[Hook], state: &str) {
+    for h in hooks {
+        if let Err(e) = run(kind, std::slice::from_ref(h), state) {
+            eprintln!("keel-containerd: warning: {}", crate::error_chain(&e));
+        }
+    }
+}
+
+/// Runs `hooks` in order with `state` on stdin; the first failure stops them.
 pub fn run(kind: &'static str, hooks: &[Hook], state: &str) -> Result<(), HookError> {
     for h in hooks {
         let mut cmd = std::process::Command::new(&h.path);

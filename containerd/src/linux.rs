@@ -78,12 +78,16 @@ pub struct Created {
 }
 
 /// Forks the container. `fifo` must exist; `cgroup_dirs` are joined by the intermediate.
-/// Returns once the init waits on the fifo (or failed, with its message).
+/// `runtime_hooks` runs the `prestart` and `createRuntime` hooks (given the init's pid)
+/// while the init waits with its mounts prepared and before `pivot_root`, as the spec
+/// orders them before `createContainer`. Returns once the init waits on the fifo (or
+/// failed, with its message).
 pub fn spawn(
     bundle: &Bundle,
     fifo: &Path,
     cgroup_dirs: &[PathBuf],
     console: Option<&std::os::unix::net::UnixStream>,
+    runtime_hooks: &mut dyn FnMut(i32) -> Result<(), String>,
 ) -> Result<Created, CreateError> {
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("create the sync pipe"))?;
@@ -115,6 +119,12 @@ pub fn spawn(
             let mut pid = None;
             let mut line = String::new();
             let mut ready = false;
+            // The init asked for the runtime's hooks before its pid was reported.
+            let mut hooks_asked = false;
+            let mut hooks = |pid: i32, ack: &mut std::fs::File| {
+                runtime_hooks(pid)?;
+                sync_line(ack, "GO").map_err(|_| "the container's init went away".to_string())
+            };
             let outcome = loop {
                 line.clear();
                 match reader.read_line(&mut line) {
@@ -139,8 +149,23 @@ pub fn spawn(
                     }
                 } else if let Some(p) = l.strip_prefix("PID ") {
                     pid = p.parse::<i32>().ok();
+                    if hooks_asked
+                        && let Some(p) = pid
+                        && let Err(e) = hooks(p, &mut ack)
+                    {
+                        break Err(e);
+                    }
                     if ready {
                         break Ok(());
+                    }
+                } else if l == "HOOKS" {
+                    match pid {
+                        Some(p) => {
+                            if let Err(e) = hooks(p, &mut ack) {
+                                break Err(e);
+                            }
+                        }
+                        None => hooks_asked = true,
                     }
                 } else if l == "READY" {
                     // The init can get here before its parent reported its pid.
@@ -242,7 +267,7 @@ fn intermediate(
     // SAFETY: as in `spawn`.
     match unsafe { fork() }.map_err(|e| format!("fork the init: {e}"))? {
         ForkResult::Child => {
-            let code = match init(bundle, new, &fifo_fd, w, console, listener.as_ref()) {
+            let code = match init(bundle, new, &fifo_fd, w, ack, console, listener.as_ref()) {
                 Ok(never) => match never {},
                 Err(msg) => {
                     // Before READY the runtime reads this; after, only the container's
@@ -338,6 +363,7 @@ fn init(
     new: CloneFlags,
     fifo: &OwnedFd,
     w: &mut std::fs::File,
+    ack: &mut std::fs::File,
     console: Option<&std::os::unix::net::UnixStream>,
     listener: Option<&Listener>,
 ) -> Result<Never, String> {
@@ -345,10 +371,13 @@ fn init(
     let process = spec.process().as_ref().expect("checked at load");
     if new.contains(CloneFlags::CLONE_NEWNS) {
         mounts::prepare_rootfs(spec, &bundle.rootfs).map_err(|e| crate::error_chain(&e))?;
+        wait_for_runtime_hooks(spec, w, ack)?;
         run_hooks_inside(spec, "createContainer", bundle)?;
         mounts::pivot(&bundle.rootfs).map_err(|e| crate::error_chain(&e))?;
         mounts::finish(spec).map_err(|e| crate::error_chain(&e))?;
     } else {
+        wait_for_runtime_hooks(spec, w, ack)?;
+        run_hooks_inside(spec, "createContainer", bundle)?;
         nix::unistd::chroot(&bundle.rootfs)
             .map_err(|e| format!("chroot {}: {e}", bundle.rootfs.display()))?;
         nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
@@ -423,6 +452,24 @@ fn init(
         .map_err(|_| "NUL in path".to_string())?;
     let e = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
     Err(format!("exec {}: {e}", program.display()))
+}
+
+/// Asks the runtime to run the `prestart` and `createRuntime` hooks (in its namespaces)
+/// and waits until they have, if the spec has any.
+fn wait_for_runtime_hooks(
+    spec: &Spec,
+    w: &mut std::fs::File,
+    ack: &mut std::fs::File,
+) -> Result<(), String> {
+    if crate::hooks::of(spec, "prestart").is_empty()
+        && crate::hooks::of(spec, "createRuntime").is_empty()
+    {
+        return Ok(());
+    }
+    sync_line(w, "HOOKS").map_err(|e| e.to_string())?;
+    let mut go = [0u8; 3];
+    ack.read_exact(&mut go)
+        .map_err(|e| format!("wait for the prestart and createRuntime hooks: {e}"))
 }
 
 fn run_hooks_inside(spec: &Spec, kind: &'static str, bundle: &Bundle) -> Result<(), String> {

@@ -544,25 +544,35 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
             "createRuntime": [hook("createRuntime")],
             "prestart": [hook("prestart")],
             "createContainer": [hook("createContainer")],
-            "poststart": [hook("poststart")],
-            "poststop": [hook("poststop")],
+            // A failing poststart or poststop hook only warns; the next still runs.
+            "poststart": [{"path": "/bin/false"}, hook("poststart")],
+            "poststop": [{"path": "/bin/false"}, hook("poststop")],
         });
     });
     let out = f.run("hooked");
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let warned = text(&out.stderr);
+    assert!(warned.contains("warning: poststart"), "{warned}");
     let text = std::fs::read_to_string(&log).unwrap();
     let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    // The spec's order: prestart and createRuntime (in the runtime's namespaces, the
+    // init waiting before pivot_root), then createContainer (in the container's).
     assert_eq!(
         order,
         [
-            "createContainer",
-            "createRuntime",
             "prestart",
+            "createRuntime",
+            "createContainer",
             "poststart",
             "poststop"
         ],
         "{text}"
     );
+    let prestart: Value =
+        serde_json::from_str(text.lines().next().unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(prestart["id"], "hooked");
+    assert_eq!(prestart["status"], "creating");
+    assert!(prestart["pid"].as_i64().unwrap() > 0, "{prestart}");
     let poststop: Value =
         serde_json::from_str(text.lines().last().unwrap().split_once(' ').unwrap().1).unwrap();
     assert_eq!(poststop["id"], "hooked");
