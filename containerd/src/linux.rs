@@ -369,6 +369,7 @@ fn init(
 ) -> Result<Never, String> {
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("checked at load");
+    let mut fd_dir: Option<OwnedFd> = None;
     if new.contains(CloneFlags::CLONE_NEWNS) {
         mounts::prepare_rootfs(spec, &bundle.rootfs).map_err(|e| crate::error_chain(&e))?;
         wait_for_runtime_hooks(spec, w, ack)?;
@@ -378,6 +379,18 @@ fn init(
     } else {
         wait_for_runtime_hooks(spec, w, ack)?;
         run_hooks_inside(spec, "createContainer", bundle)?;
+        // Without a mount namespace there is no /proc in the new root: keep the host's
+        // view of our descriptors to reopen the exec fifo through after the chroot.
+        fd_dir = Some(
+            rustix::fs::open(
+                "/proc/self/fd",
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| format!("open /proc/self/fd: {e}"))?,
+        );
         nix::unistd::chroot(&bundle.rootfs)
             .map_err(|e| format!("chroot {}: {e}", bundle.rootfs.display()))?;
         nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
@@ -411,11 +424,20 @@ fn init(
     }
     // Ready: `create` may return. Wait for `start`.
     sync_line(w, "READY").map_err(|e| e.to_string())?;
-    let reopen = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&reopen)
-        .map_err(|e| format!("open exec fifo: {e}"))?;
+    let mut f = match &fd_dir {
+        Some(dir) => rustix::fs::openat(
+            dir,
+            fifo.as_raw_fd().to_string(),
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from),
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", fifo.as_raw_fd())),
+    }
+    .map_err(|e| format!("open exec fifo: {e}"))?;
     f.write_all(&[0])
         .map_err(|e| format!("write exec fifo: {e}"))?;
     drop(f);

@@ -613,6 +613,29 @@ fn bad_bundles_name_the_field_and_leave_nothing() {
 }
 
 #[test]
+fn a_container_without_namespaces_runs_in_a_chroot() {
+    // No mount namespace: no /proc in the new root; the init still reaches its exec
+    // fifo after the chroot (runtime-tools' linux_ns_itype runs this way).
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["sh", "-c", "echo in-chroot; ls /"]);
+        c["linux"]["namespaces"] = json!([]);
+        c.as_object_mut().unwrap().remove("hostname");
+    });
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&["create", "bare", "--bundle", b]);
+    assert!(ok, "{err}");
+    assert_eq!(f.state("bare")["status"], "created");
+    assert!(f.rt(&["start", "bare"]).status.success());
+    f.wait_stopped("bare");
+    let out = std::fs::read_to_string(f.dir.path().join("container.out")).unwrap();
+    assert!(
+        out.starts_with("in-chroot\n") && out.contains("bin"),
+        "{out}"
+    );
+    assert!(f.rt(&["delete", "bare"]).status.success());
+}
+
+#[test]
 fn a_leftover_cgroup_is_replaced_and_a_busy_one_refused() {
     // What a container that was never deleted (killed runtime, power loss) left: its
     // limit must not carry over into a new container of the same name.
