@@ -375,6 +375,7 @@ fn init(
         wait_for_runtime_hooks(spec, w, ack)?;
         run_hooks_inside(spec, "createContainer", bundle)?;
         mounts::pivot(&bundle.rootfs).map_err(|e| crate::error_chain(&e))?;
+        mounts::root_propagation(spec).map_err(|e| crate::error_chain(&e))?;
         mounts::finish(spec).map_err(|e| crate::error_chain(&e))?;
     } else {
         wait_for_runtime_hooks(spec, w, ack)?;

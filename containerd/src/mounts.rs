@@ -220,6 +220,10 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), MountError> {
         prop
     };
     mnt(None, Path::new("/"), None, prop, None)?;
+    // pivot_root refuses a shared parent, and an unbindable one cannot be bound from:
+    // the mount holding the rootfs goes private here and `/` gets the asked propagation
+    // again after pivot_root (see `root_propagation`), as runc does.
+    parent_mount_private(rootfs)?;
     mnt(
         Some(rootfs),
         rootfs,
@@ -316,6 +320,53 @@ fn default_devices(rootfs: &Path) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// Makes the mount that holds `path` private (only that mount): tries `path`, then each
+/// parent, until one is a mount point (EINVAL means it is not).
+fn parent_mount_private(path: &Path) -> Result<(), MountError> {
+    let mut at = path;
+    loop {
+        match mount(
+            None::<&str>,
+            at,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) if at.parent().is_some() => {
+                at = at.parent().unwrap_or(Path::new("/"));
+            }
+            Err(e) => {
+                return Err(MountError::Mount {
+                    what: "private propagation".into(),
+                    target: at.to_path_buf(),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+/// After `pivot_root`: `/` gets `linux.rootfsPropagation` (when the spec sets it).
+pub fn root_propagation(spec: &Spec) -> Result<(), MountError> {
+    let Some(p) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone())
+    else {
+        return Ok(());
+    };
+    let (_, prop, _, _) = parse_options(std::slice::from_ref(&p));
+    if prop.is_empty() {
+        return Ok(());
+    }
+    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).map_err(|e| MountError::Mount {
+        what: format!("linux.rootfsPropagation {p}"),
+        target: "/".into(),
+        source: e,
+    })
 }
 
 /// `pivot_root` into `rootfs` and detach the old root.

@@ -613,6 +613,37 @@ fn bad_bundles_name_the_field_and_leave_nothing() {
 }
 
 #[test]
+fn every_rootfs_propagation_pivots_and_applies_to_the_root() {
+    // A shared parent made pivot_root fail (EINVAL), an unbindable one the rootfs bind.
+    for (mode, mark) in [
+        ("shared", "shared:"),
+        // (a slave of a private mount has no master: nothing to look for)
+        ("slave", ""),
+        ("private", ""),
+        ("unbindable", "unbindable"),
+    ] {
+        let f = fixture(|c| {
+            c["process"]["args"] = json!([
+                "sh",
+                "-c",
+                "while read -r a b c d e f; do [ \"$e\" = / ] && echo \"$f\"; done < /proc/self/mountinfo; true"
+            ]);
+            c["linux"]["rootfsPropagation"] = json!(mode);
+        });
+        let out = f.run(&format!("prop-{mode}"));
+        let root = text(&out.stdout);
+        assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
+        assert!(root.contains(mark), "{mode}: {root}");
+        if mode == "private" {
+            assert!(
+                !root.contains("shared:") && !root.contains("master:"),
+                "{root}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_container_without_namespaces_runs_in_a_chroot() {
     // No mount namespace: no /proc in the new root; the init still reaches its exec
     // fifo after the chroot (runtime-tools' linux_ns_itype runs this way).
