@@ -33,6 +33,8 @@ pub enum CgroupError {
     Devices(#[from] crate::devices::DeviceError),
     #[error("linux.resources.blockIO.{field}: {why}")]
     BlockIo { field: &'static str, why: String },
+    #[error("{field}: {why}")]
+    Invalid { field: &'static str, why: String },
 }
 
 /// One mounted hierarchy.
@@ -389,6 +391,29 @@ pub fn apply(layout: &Layout, rel: &Path, r: &LinuxResources) -> Result<(), Cgro
                 if f.exists() {
                     write(&f, &swap.to_string())?;
                 }
+            }
+        }
+        // v1 only, as in runc: cgroup2 has no swappiness, OOM-killer switch or TCP
+        // buffer limit per cgroup. (`kernel`, deprecated by the spec, is ignored as runc
+        // ignores it.)
+        if !v2 {
+            if let Some(sw) = m.swappiness() {
+                if sw > 100 {
+                    return Err(CgroupError::Invalid {
+                        field: "linux.resources.memory.swappiness",
+                        why: format!("{sw} is not within 0..=100"),
+                    });
+                }
+                write(&dir.join("memory.swappiness"), &sw.to_string())?;
+            }
+            if m.disable_oom_killer() == Some(true) {
+                write(&dir.join("memory.oom_control"), "1")?;
+            }
+            if let Some(tcp) = m.kernel_tcp() {
+                write(
+                    &dir.join("memory.kmem.tcp.limit_in_bytes"),
+                    &tcp.to_string(),
+                )?;
             }
         }
     }

@@ -304,6 +304,35 @@ fn memory_limit_oom_kills() {
 }
 
 #[test]
+fn memory_swappiness_oom_killer_and_tcp_limit_on_v1() {
+    let f = fixture(|c| {
+        c["process"]["args"] = json!(["true"]);
+        c["linux"]["resources"] = json!({"memory": {
+            "limit": 64 * 1024 * 1024,
+            "swappiness": 10,
+            "disableOOMKiller": true,
+            "kernelTCP": 50593792
+        }});
+    });
+    let b = f.bundle.to_str().unwrap();
+    let (ok, err) = f.rt_detached(&["create", "memset", "--bundle", b]);
+    assert!(ok, "{err}");
+    let read =
+        |file: &str| std::fs::read_to_string(cgroup_dir("memory", "memset").join(file)).unwrap();
+    assert_eq!(read("memory.swappiness").trim(), "10");
+    assert!(read("memory.oom_control").contains("oom_kill_disable 1"));
+    assert_eq!(read("memory.kmem.tcp.limit_in_bytes").trim(), "50593792");
+    assert!(f.rt(&["delete", "-f", "memset"]).status.success());
+    let f = fixture(|c| c["linux"]["resources"] = json!({"memory": {"swappiness": 101}}));
+    let out = f.run("swappy");
+    let e = text(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("linux.resources.memory.swappiness"),
+        "{e}"
+    );
+}
+
+#[test]
 fn pids_limit_stops_a_fork_bomb() {
     let f = fixture(|c| {
         c["process"]["args"] = json!(["sh", "-c", "for i in $(seq 40); do sleep 1 & done; wait"]);
