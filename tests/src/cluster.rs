@@ -464,6 +464,18 @@ impl Cluster {
         i
     }
 
+    /// Give member `i` a new peer port (after `member update` moved it there): it
+    /// listens and advertises there from its next start, and every member's
+    /// `--initial-cluster` says so, as an operator would update them.
+    pub fn move_peer(&mut self, i: usize, port: u16) {
+        let old = self.members[i].peer_url();
+        self.members[i].peer_port = port;
+        let new = self.members[i].peer_url();
+        for m in &mut self.members {
+            m.initial_cluster = m.initial_cluster.replace(&old, &new);
+        }
+    }
+
     /// The last `n` lines of member `i`'s log.
     pub fn log_tail(&self, i: usize, n: usize) -> String {
         let text = std::fs::read_to_string(&self.members[i].log_path).unwrap_or_default();

@@ -753,6 +753,68 @@ fn listed_id(c: &Cluster, i: usize) -> String {
         .to_string()
 }
 
+#[test]
+fn members_move_to_new_peer_urls_with_member_update() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &[]);
+    wait_published(&c);
+    // v3 MemberUpdate (etcdctl member update): member 2 moves to a new peer port.
+    let id2 = listed_id(&c, 2);
+    c.kill(2);
+    // If it led, a proposal forwarded to it before the others notice is lost (as in
+    // etcd): wait until the remaining two take writes.
+    put_until_acknowledged(&c, 0, "before-v3-update", "1");
+    let port = keel_tests::server::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (ok, out) = c.etcdctl(
+        0,
+        &["member", "update", &id2, &format!("--peer-urls={url}")],
+    );
+    assert!(
+        ok && out.contains(&format!("{id2:>16} updated in cluster")),
+        "{out}"
+    );
+    c.move_peer(2, port);
+    c.spawn(2);
+    c.wait_healthy(2, TIMEOUT);
+    // With member 1 down, a write needs member 2, reachable only at its new URL.
+    c.kill(1);
+    put_until_acknowledged(&c, 0, "after-v3-update", "1");
+    c.restart(1);
+    c.wait_healthy(1, TIMEOUT);
+
+    // v2 PUT /v2/members/<id> (204) moves member 1; another member's URL is a conflict.
+    let id1 = listed_id(&c, 1);
+    let via = c.members[0].addr();
+    let update = |peer: &str| {
+        http::send(
+            via,
+            &Req::new("PUT", &format!("/v2/members/{id1}")).raw_body(
+                format!("{{\"peerURLs\":[\"{peer}\"]}}").into_bytes(),
+                Some("application/json"),
+            ),
+            Duration::from_secs(10),
+        )
+        .expect("PUT /v2/members")
+    };
+    let r = update(&c.members[2].peer_url());
+    assert_eq!(r.status, 409, "{}", r.text());
+    c.kill(1);
+    put_until_acknowledged(&c, 0, "before-v2-update", "1");
+    let port = keel_tests::server::free_port();
+    let r = update(&format!("http://127.0.0.1:{port}"));
+    assert_eq!(r.status, 204, "{}", r.text());
+    c.move_peer(1, port);
+    c.spawn(1);
+    c.wait_healthy(1, TIMEOUT);
+    c.kill(2);
+    put_until_acknowledged(&c, 0, "after-v2-update", "1");
+    c.restart(2);
+    c.wait_healthy(2, TIMEOUT);
+    // Every member lists both moves.
+    wait_published(&c);
+    assert_converged(&mut c);
+}
+
 /// DNS discovery: the members of a new cluster find each other in SRV records
 /// (`--discovery-srv`). Only `_etcd-server._tcp` records exist (plain-text peers), which
 /// etcd documents as enough; etcd 3.4.23 itself stops here ("error querying DNS SRV

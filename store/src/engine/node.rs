@@ -602,6 +602,7 @@ impl Node {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let term = self.raw.raft.term;
+        let mut membership_changed = false;
         for e in entries {
             if e.index <= state.applied_index {
                 continue;
@@ -616,9 +617,11 @@ impl Node {
                             dir: self.wal.dir().to_path_buf(),
                             reason: err.to_string(),
                         })?;
+                    membership_changed |= matches!(cmd, Command::UpdateMember { .. });
                     Some(state.apply(&cmd, now))
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    membership_changed = true;
                     Some(self.apply_conf_change(&mut state, &e)?)
                 }
             };
@@ -635,13 +638,33 @@ impl Node {
             }
         }
         state.term = term;
+        let applied_index = state.applied_index;
         drop(state);
+        if membership_changed {
+            self.persist_commit(applied_index)?;
+        }
         for (req, applied) in replies {
             if let Some((reply, _)) = self.pending.remove(&req) {
                 let _ = reply.send(Ok(applied));
             }
         }
         self.release_reads();
+        Ok(())
+    }
+
+    /// Makes the commit index durable up to `index`. The commit index normally rides
+    /// with the next frame of entries, so a member restarting right after a membership
+    /// change could replay the log without applying it — and, if a peer's URL changed,
+    /// never reach that peer again to learn the commit index (it answers the leader at
+    /// the URL it knows). So a change of peer URLs or members is made durable at once.
+    fn persist_commit(&mut self, index: u64) -> Result<(), EngineError> {
+        let hard = &self.raw.store().hard;
+        let state = wal::HardState {
+            term: hard.term,
+            vote: hard.vote,
+            commit: hard.commit.max(index),
+        };
+        self.wal.save(&[], Some(state))?;
         Ok(())
     }
 
