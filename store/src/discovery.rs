@@ -163,7 +163,7 @@ pub async fn srv_cluster(
     // This member's advertised peer addresses.
     let mut mine: Vec<(std::net::SocketAddr, &str)> = Vec::new();
     for u in peer_urls {
-        let hostport = host_port(u).ok_or_else(|| fail(format!("bad peer URL {u:?}")))?;
+        let (_, hostport, _) = crate::peer::url_addr(u).map_err(|e| fail(e.to_string()))?;
         let addrs = tokio::net::lookup_host(hostport)
             .await
             .map_err(|e| fail(format!("resolve this member's peer URL {u}: {e}")))?;
@@ -238,12 +238,6 @@ pub async fn srv_cluster(
         )));
     }
     Ok(members)
-}
-
-/// `host:port` of an `http(s)://host:port[/...]` URL.
-fn host_port(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// `name=url,name=url` values into an initial cluster.
