@@ -427,16 +427,17 @@ impl Cluster {
 
     /// Run etcdctl (v3 API) against member `i`; returns (success, stdout + stderr).
     pub fn etcdctl(&self, i: usize, args: &[&str]) -> (bool, String) {
-        let out = Command::new(etcdctl_bin())
-            .env("ETCDCTL_API", "3")
+        etcdctl_output(self.etcdctl_command(i, args).output().expect("run etcdctl"))
+    }
+
+    /// `etcdctl` (v3 API, 10 s command timeout) against member `i`, not yet started.
+    pub fn etcdctl_command(&self, i: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.members[i].endpoint()))
             .arg("--command-timeout=10s")
-            .args(args)
-            .output()
-            .expect("run etcdctl");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+            .args(args);
+        cmd
     }
 
     /// Add a member through member `via` (`etcdctl member add`) and start it with
@@ -609,4 +610,11 @@ impl Drop for Netns {
             .args(["netns", "del", &self.hub()])
             .status();
     }
+}
+
+/// Whether an `etcdctl` run succeeded, and what it printed (stdout, then stderr).
+pub fn etcdctl_output(out: std::process::Output) -> (bool, String) {
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }

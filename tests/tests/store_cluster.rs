@@ -186,6 +186,48 @@ fn three_members_replicate_fail_over_and_refuse_writes_without_a_majority() {
     assert!(!keys.contains(&"no-quorum".to_string()), "{keys:?}");
 }
 
+/// A request in flight to a leader that dies is answered once the next leader is
+/// known, not after the 6 s request timeout: a linearizable read (idempotent) goes out
+/// again to the new leader and returns the value; a write whose proposal died with the
+/// old leader is told "etcdserver: leader changed" (outcome unknown to the client, as
+/// for a timeout) an election timeout after the new leader's first entry is applied.
+/// The leader is frozen first so that the request surely reaches it and is lost.
+#[test]
+fn requests_in_flight_to_a_dying_leader_are_answered_after_the_election() {
+    let mut c = Cluster::start(Flavor::Keel, 3, &[]);
+    put_until_acknowledged(&c, 0, "k", "before");
+    for request in [
+        &["get", "k", "--print-value-only"][..],
+        &["put", "k", "lost"],
+    ] {
+        let leader = c.wait_leader(TIMEOUT);
+        let via = (leader + 1) % 3;
+        c.signal(leader, Signal::SIGSTOP);
+        let child = c
+            .etcdctl_command(via, request)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        // Well inside the election timeout: the follower still forwards to the leader.
+        std::thread::sleep(Duration::from_millis(ELECTION_MS / 2));
+        c.kill(leader);
+        let (ok, out) = keel_tests::cluster::etcdctl_output(
+            child.wait_with_output().expect("wait for etcdctl"),
+        );
+        match request[0] {
+            // Answered at the first attempt: etcdctl logs a retried error otherwise.
+            "get" => assert!(ok && out.trim() == "before", "{out}"),
+            _ => assert!(!ok && out.contains("etcdserver: leader changed"), "{out}"),
+        }
+        c.restart(leader);
+        c.wait_healthy(leader, TIMEOUT);
+    }
+    // The frozen leader never saw the write: it is not in the log.
+    let (ok, out) = c.etcdctl(0, &["get", "k", "--print-value-only"]);
+    assert!(ok && out.trim() == "before", "{out}");
+}
+
 #[test]
 fn five_members_tolerate_two_failures() {
     let mut c = Cluster::start(Flavor::Keel, 5, &[]);

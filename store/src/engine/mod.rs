@@ -82,6 +82,10 @@ pub enum EngineError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A proposal was overtaken by a new leader's term without being applied: it was
+    /// most likely lost with the old leader, but may still commit (outcome unknown).
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: the member has been permanently removed from the cluster")]
     Removed,
     #[error("{0} holds a WAL but no snapshot; it was not written by this version of keel-store")]

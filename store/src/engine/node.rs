@@ -167,6 +167,7 @@ pub(super) fn open(opts: EngineOptions) -> Result<(Engine, Recovery, super::Outb
         id,
         next_req: 1,
         pending: HashMap::new(),
+        election: opts.raft.election,
         reads_queued: Vec::new(),
         reads_in_flight: HashMap::new(),
         reads_waiting: Vec::new(),
@@ -270,6 +271,28 @@ fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
     Some((member, req))
 }
 
+/// A proposal of this member waiting to be applied here.
+struct Pending {
+    reply: Reply,
+    at: Instant,
+    /// This member's term when the proposal was handed to Raft.
+    term: u64,
+    /// Since when entries of a later term have been applied without it. An entry of
+    /// the proposal's term can no longer commit then (it would have been applied
+    /// first); only a proposal still in flight to a leader can, so after an election
+    /// timeout its caller is told the leader changed instead of waiting for the
+    /// request timeout.
+    overtaken: Option<Instant>,
+}
+
+/// A ReadIndex round sent under one leader and term.
+struct ReadRound {
+    readers: Vec<ReadReply>,
+    at: Instant,
+    leader: u64,
+    term: u64,
+}
+
 struct Node {
     raw: RawNode<LogStore>,
     shared: Arc<Shared>,
@@ -283,11 +306,13 @@ struct Node {
     id: u64,
     next_req: u64,
     /// Proposals of this member not yet applied, by request number.
-    pending: HashMap<u64, (Reply, Instant)>,
+    pending: HashMap<u64, Pending>,
+    /// etcd's `--election-timeout`: how long an overtaken proposal may still commit.
+    election: Duration,
     /// Linearizable reads waiting for the next ReadIndex round.
     reads_queued: Vec<ReadReply>,
     /// ReadIndex rounds sent, by context.
-    reads_in_flight: HashMap<u64, (Vec<ReadReply>, Instant)>,
+    reads_in_flight: HashMap<u64, ReadRound>,
     /// Reads whose index is known, waiting for it to be applied.
     reads_waiting: Vec<(u64, Vec<ReadReply>)>,
     tick: Duration,
@@ -337,8 +362,8 @@ impl Node {
     fn fail(&mut self, reason: &str) {
         tracing::error!(error = %reason, "store failed; refusing further writes");
         let _ = self.shared.failed.set(reason.to_string());
-        for (_, (reply, _)) in self.pending.drain() {
-            let _ = reply.send(Err(EngineError::Failed(reason.to_string())));
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(EngineError::Failed(reason.to_string())));
         }
     }
 
@@ -436,7 +461,13 @@ impl Node {
         self.next_req += 1;
         match propose(&mut self.raw, context(self.id, req)) {
             Ok(()) => {
-                self.pending.insert(req, (reply, Instant::now()));
+                let pending = Pending {
+                    reply,
+                    at: Instant::now(),
+                    term: self.raw.raft.term,
+                    overtaken: None,
+                };
+                self.pending.insert(req, pending);
             }
             Err(raft::Error::ProposalDropped) => {
                 let _ = reply.send(Err(EngineError::NoLeader));
@@ -448,30 +479,68 @@ impl Node {
     }
 
     /// Forget requests whose callers gave up, so that nothing piles up while a
-    /// partition lasts.
+    /// partition lasts, and answer proposals overtaken by a new leader for an election
+    /// timeout.
     fn sweep(&mut self, now: Instant) {
         let limit = self.request_timeout;
-        self.pending
-            .retain(|_, (r, at)| !r.is_closed() && now.duration_since(*at) < limit);
+        let grace = self.election;
+        for (_, p) in self.pending.extract_if(|_, p| {
+            p.reply.is_closed()
+                || now.duration_since(p.at) >= limit
+                || p.overtaken.is_some_and(|t| now.duration_since(t) >= grace)
+        }) {
+            if p.overtaken.is_some() {
+                let _ = p.reply.send(Err(EngineError::LeaderChanged));
+            }
+        }
         self.reads_in_flight
-            .retain(|_, (_, at)| now.duration_since(*at) < limit);
+            .retain(|_, r| now.duration_since(r.at) < limit);
+    }
+
+    /// Reads are idempotent: a ReadIndex round sent under a leader that is gone (its
+    /// request or answer died with it), or unanswered for an election timeout (a lost
+    /// message), goes out again to the current leader.
+    fn retry_lost_reads(&mut self) {
+        let (leader, term) = (self.raw.raft.leader_id, self.raw.raft.term);
+        if leader == raft::INVALID_ID || self.reads_in_flight.is_empty() {
+            return;
+        }
+        let (now, patience) = (Instant::now(), self.election);
+        for (_, round) in self.reads_in_flight.extract_if(|_, r| {
+            (r.leader, r.term) != (leader, term) || now.duration_since(r.at) >= patience
+        }) {
+            let waiting = round.readers.into_iter().filter(|r| !r.is_closed());
+            self.reads_queued.extend(waiting);
+        }
     }
 
     fn issue_reads(&mut self) {
+        self.retry_lost_reads();
         if self.reads_queued.is_empty() {
             return;
         }
-        let readers = std::mem::take(&mut self.reads_queued);
         if self.raw.raft.leader_id == raft::INVALID_ID {
-            for r in readers {
+            for r in std::mem::take(&mut self.reads_queued) {
                 let _ = r.send(Err(EngineError::NoLeader));
             }
             return;
         }
+        if !self.raw.raft.commit_to_current_term() {
+            // A leader drops ReadIndex requests until an entry of its term commits:
+            // hold them until this member knows of one.
+            return;
+        }
+        let readers = std::mem::take(&mut self.reads_queued);
         let ctx = self.next_req;
         self.next_req += 1;
         self.raw.read_index(ctx.to_le_bytes().to_vec());
-        self.reads_in_flight.insert(ctx, (readers, Instant::now()));
+        let round = ReadRound {
+            readers,
+            at: Instant::now(),
+            leader: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+        };
+        self.reads_in_flight.insert(ctx, round);
     }
 
     fn send(&self, msgs: Vec<Message>) {
@@ -509,8 +578,8 @@ impl Node {
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes);
-            if let Some((readers, _)) = ctx.and_then(|c| self.reads_in_flight.remove(&c)) {
-                self.reads_waiting.push((rs.index, readers));
+            if let Some(round) = ctx.and_then(|c| self.reads_in_flight.remove(&c)) {
+                self.reads_waiting.push((rs.index, round.readers));
             }
         }
         self.release_reads();
@@ -603,7 +672,9 @@ impl Node {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let term = self.raw.raft.term;
         let mut membership_changed = false;
+        let mut last_term = 0;
         for e in entries {
+            last_term = e.term;
             if e.index <= state.applied_index {
                 continue;
             }
@@ -644,8 +715,13 @@ impl Node {
             self.persist_commit(applied_index)?;
         }
         for (req, applied) in replies {
-            if let Some((reply, _)) = self.pending.remove(&req) {
-                let _ = reply.send(Ok(applied));
+            if let Some(p) = self.pending.remove(&req) {
+                let _ = p.reply.send(Ok(applied));
+            }
+        }
+        for p in self.pending.values_mut() {
+            if p.term < last_term && p.overtaken.is_none() {
+                p.overtaken = Some(now);
             }
         }
         self.release_reads();

@@ -501,6 +501,7 @@ pub fn engine_error(e: crate::engine::EngineError) -> V3Error {
     use crate::engine::EngineError;
     match e {
         EngineError::NoLeader => V3Error::NoLeader,
+        EngineError::LeaderChanged => V3Error::LeaderChanged,
         EngineError::Removed => {
             V3Error::Unsupported("the member has been permanently removed from the cluster")
         }

@@ -40,6 +40,8 @@ pub enum V3Error {
     Timeout,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: not leader")]
     NotLeader,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -65,7 +67,9 @@ impl V3Error {
             V3Error::LeaseExist | V3Error::PeerUrlExists | V3Error::BadLeaderTransferee => {
                 Code::FailedPrecondition
             }
-            V3Error::Timeout | V3Error::NoLeader | V3Error::NotLeader => Code::Unavailable,
+            V3Error::Timeout | V3Error::NoLeader | V3Error::LeaderChanged | V3Error::NotLeader => {
+                Code::Unavailable
+            }
             V3Error::LearnerNotReady | V3Error::NotLearner => Code::FailedPrecondition,
             V3Error::Unsupported(_) => Code::Unimplemented,
         }
