@@ -6,12 +6,17 @@
 //! against the leader: puts with 1 and 16 clients, linearizable ranges with 1 and 16
 //! clients; then `KEEL_BENCH_FAILOVERS` (default 5) leader kills, each timed from the
 //! SIGKILL to the first write acknowledged by another member (v2 PUTs of at most 100 ms
-//! each, retried every 5 ms), the killed member restarted between rounds. Prints a Markdown table.
+//! each, retried every 5 ms), the killed member restarted between rounds; then as many
+//! rounds of a request in flight when the leader dies: the leader frozen (SIGSTOP), a v2
+//! PUT or quorum GET sent through a follower (no client retry, 15 s client timeout), the
+//! leader SIGKILLed 250 ms later, timed from the kill to the answer. Prints a Markdown
+//! table.
 
 use keel_tests::Flavor;
 use keel_tests::cluster::Cluster;
 use keel_tests::http::{self, Req};
 use keel_tests::server::keel_store_bin;
+use nix::sys::signal::Signal;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -85,6 +90,48 @@ fn failover(c: &mut Cluster) -> Duration {
     took
 }
 
+/// Time from the leader's SIGKILL to the answer of `req`, sent through a follower
+/// while the leader was frozen, and the answer (status, v2 error code).
+fn in_flight(c: &mut Cluster, req: Req) -> (Duration, String) {
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let addr = c.members[(leader + 1) % c.members.len()].addr();
+    c.signal(leader, Signal::SIGSTOP);
+    let client = std::thread::spawn(move || http::send(addr, &req, Duration::from_secs(15)));
+    std::thread::sleep(Duration::from_millis(250));
+    let killed = Instant::now();
+    c.kill(leader);
+    let answer = match client.join().expect("client thread") {
+        Ok(r) => {
+            let code = r.json().and_then(|b| b["errorCode"].as_u64());
+            match code {
+                Some(code) => format!("{} (error {code})", r.status),
+                None => r.status.to_string(),
+            }
+        }
+        Err(e) => e.kind().to_string(),
+    };
+    let took = killed.elapsed();
+    c.spawn(leader);
+    c.wait_healthy(leader, Duration::from_secs(30));
+    (took, answer)
+}
+
+/// "median (min–max) ms, answers" of in-flight rounds.
+fn summarize(mut runs: Vec<(Duration, String)>) -> String {
+    runs.sort_by_key(|(d, _)| *d);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut answers: Vec<String> = runs.iter().map(|(_, a)| a.clone()).collect();
+    answers.sort();
+    answers.dedup();
+    format!(
+        "{:.0} ({:.0}–{:.0}), {}",
+        ms(runs[runs.len() / 2].0),
+        ms(runs[0].0),
+        ms(runs[runs.len() - 1].0),
+        answers.join(", ")
+    )
+}
+
 fn main() {
     let rounds: usize = std::env::var("KEEL_BENCH_FAILOVERS")
         .ok()
@@ -134,6 +181,21 @@ fn main() {
                 times[times.len() - 1].as_secs_f64() * 1000.0
             ),
         );
+        for (label, req) in [
+            ("v2 PUT", Req::put("/v2/keys/in-flight", "value=1")),
+            ("v2 quorum GET", Req::get("/v2/keys/failover?quorum=true")),
+        ] {
+            let runs: Vec<(Duration, String)> = (0..rounds)
+                .map(|_| in_flight(&mut c, req.clone()))
+                .collect();
+            eprintln!("{}: {label} in flight {runs:?}", flavor.name());
+            push(
+                &format!(
+                    "{label} in flight at leader SIGKILL → answer: median (min–max) ms, status"
+                ),
+                summarize(runs),
+            );
+        }
     }
     println!("| 3-member cluster | etcd 3.4.23 | keel-store |");
     println!("|---|---:|---:|");
