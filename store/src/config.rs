@@ -424,28 +424,7 @@ impl EtcdFlags {
         }
         let initial_cluster = match &self.initial_cluster {
             None => vec![(self.name.clone(), peer_urls.clone())],
-            Some(ic) => {
-                let members = parse_initial_cluster(ic)?;
-                let Some((name, urls)) = members.iter().find(|(n, _)| n == &self.name) else {
-                    return Err(invalid(
-                        "initial-cluster",
-                        format!("does not name this member {:?}", self.name),
-                    ));
-                };
-                let mut a = urls.clone();
-                let mut b = peer_urls.clone();
-                a.sort();
-                b.sort();
-                if a != b {
-                    return Err(invalid(
-                        "initial-cluster",
-                        format!(
-                            "peer URLs {urls:?} of {name:?} differ from --initial-advertise-peer-urls {peer_urls:?}"
-                        ),
-                    ));
-                }
-                members
-            }
+            Some(ic) => parse_initial_cluster(ic)?,
         };
         if self.snapshot_count == 0 {
             return Err(invalid("snapshot-count", "must be at least 1"));
@@ -514,6 +493,35 @@ impl EtcdFlags {
 }
 
 /// A Go duration (`10m`, `1.5s`, `500ms`) or a plain number of milliseconds.
+impl Settings {
+    /// etcd's bootstrap checks of `--initial-cluster`, made only when this member has
+    /// no data yet (etcd ignores the `--initial-*` flags on later starts, so a member
+    /// moved by `member update` restarts with only its new peer URLs): the initial
+    /// cluster names this member, and in a new cluster it lists exactly the advertised
+    /// peer URLs.
+    pub fn verify_bootstrap(&self) -> Result<(), ConfigError> {
+        let Some((_, urls)) = self.initial_cluster.iter().find(|(n, _)| n == &self.name) else {
+            return Err(invalid(
+                "initial-cluster",
+                format!("does not name this member {:?}", self.name),
+            ));
+        };
+        let (mut listed, mut advertised) = (urls.clone(), self.peer_urls.clone());
+        listed.sort();
+        advertised.sort();
+        if !self.join_existing && listed != advertised {
+            return Err(invalid(
+                "initial-cluster",
+                format!(
+                    "peer URLs {urls:?} of {:?} differ from --initial-advertise-peer-urls {:?}",
+                    self.name, self.peer_urls
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn parse_go_duration_ms(s: &str) -> Result<u64, String> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
@@ -723,16 +731,22 @@ mod tests {
                 .contains("IP address")
         );
         let two = "a=http://localhost:2380,b=http://localhost:2381";
+        let bootstrap = |args: &[&str]| parse(args)?.verify_bootstrap().map_err(|e| e.to_string());
         assert!(
-            parse(&["--initial-cluster", two])
+            bootstrap(&["--initial-cluster", two])
                 .unwrap_err()
                 .contains("does not name this member \"default\"")
         );
+        let moved = ["--name", "b", "--initial-cluster", two];
         assert!(
-            parse(&["--name", "b", "--initial-cluster", two])
+            bootstrap(&moved)
                 .unwrap_err()
                 .contains("differ from --initial-advertise-peer-urls")
         );
+        // Joining a running cluster (or restarting with data) does not compare them.
+        let join = [&moved[..], &["--initial-cluster-state", "existing"]].concat();
+        assert_eq!(bootstrap(&join), Ok(()));
+        assert!(parse(&moved).is_ok());
         let both = parse(&["--discovery-srv", "example.com", "--initial-cluster", two]);
         assert!(
             both.unwrap_err()

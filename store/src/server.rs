@@ -40,6 +40,8 @@ pub enum ServerError {
         "cannot join the cluster: {0} (add this member with `etcdctl member add` first, and list the running members in --initial-cluster)"
     )]
     JoinCluster(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot bootstrap through discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("cannot read or write the member id file {path}")]
@@ -94,6 +96,9 @@ async fn identity(settings: &Settings) -> Result<Identity, ServerError> {
             initial,
             token,
         });
+    }
+    if settings.discovery.is_none() && settings.discovery_srv.is_none() {
+        settings.verify_bootstrap()?;
     }
     if let Some(srv) = &settings.discovery_srv {
         initial = crate::discovery::srv_cluster(srv, &settings.name, &settings.peer_urls).await?;

@@ -363,7 +363,9 @@ impl Cluster {
             return;
         };
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        if m.paused && sig != Signal::SIGCONT {
+        // A stopped member is woken for a signal it should handle; SIGKILL takes it
+        // as it is (woken first, it could still send what it had queued).
+        if m.paused && sig != Signal::SIGCONT && sig != Signal::SIGKILL {
             let _ = signal::kill(pid, Signal::SIGCONT);
         }
         let _ = signal::kill(pid, sig);
@@ -466,15 +468,11 @@ impl Cluster {
     }
 
     /// Give member `i` a new peer port (after `member update` moved it there): it
-    /// listens and advertises there from its next start, and every member's
-    /// `--initial-cluster` says so, as an operator would update them.
+    /// listens and advertises there from its next start. Every member's
+    /// `--initial-cluster` keeps the old URL, as etcd's runtime-configuration guide has
+    /// it: the `--initial-*` flags only matter when a member bootstraps.
     pub fn move_peer(&mut self, i: usize, port: u16) {
-        let old = self.members[i].peer_url();
         self.members[i].peer_port = port;
-        let new = self.members[i].peer_url();
-        for m in &mut self.members {
-            m.initial_cluster = m.initial_cluster.replace(&old, &new);
-        }
     }
 
     /// The last `n` lines of member `i`'s log.

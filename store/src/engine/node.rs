@@ -168,6 +168,7 @@ pub(super) fn open(opts: EngineOptions) -> Result<(Engine, Recovery, super::Outb
         next_req: 1,
         pending: HashMap::new(),
         election: opts.raft.election,
+        applied_term: 0,
         reads_queued: Vec::new(),
         reads_in_flight: HashMap::new(),
         reads_waiting: Vec::new(),
@@ -309,6 +310,8 @@ struct Node {
     pending: HashMap<u64, Pending>,
     /// etcd's `--election-timeout`: how long an overtaken proposal may still commit.
     election: Duration,
+    /// Term of the last entry applied (proposals of an earlier term are overtaken).
+    applied_term: u64,
     /// Linearizable reads waiting for the next ReadIndex round.
     reads_queued: Vec<ReadReply>,
     /// ReadIndex rounds sent, by context.
@@ -719,9 +722,14 @@ impl Node {
                 let _ = p.reply.send(Ok(applied));
             }
         }
-        for p in self.pending.values_mut() {
-            if p.term < last_term && p.overtaken.is_none() {
-                p.overtaken = Some(now);
+        if last_term > self.applied_term {
+            // Proposals are made at this member's term, never below an applied entry's:
+            // only a new term can overtake any.
+            self.applied_term = last_term;
+            for p in self.pending.values_mut() {
+                if p.term < last_term && p.overtaken.is_none() {
+                    p.overtaken = Some(now);
+                }
             }
         }
         self.release_reads();
